@@ -1,0 +1,222 @@
+"""The label index: which endpoints does each selector select, kept up to date incrementally.
+
+Design goals (after Calico Felix's label index):
+- Adding a selector computes its members by set algebra over posting lists
+  (``(key, value) → endpoints`` and ``key → endpoints``), never by testing every endpoint
+  against the selector — except the few operators with no posting list (``starts with``,
+  ``ends with``, ``contains``), which scan the *values* of one key, not the endpoints.
+- Changing one endpoint's labels re-tests only the selectors that read a changed key
+  (``Selector.keys``); a new endpoint is tested against every selector once.
+- Every change returns disjoint ``SetDelta``s per selector whose membership changed, which is
+  what downstream stages (address sets, nft set elements) consume. Full recomputation
+  (:meth:`LabelIndex.recompute`) is the reference the tests compare against.
+
+Endpoints are opaque string ids (the caller chooses, e.g. ``"workload:web-1"``). Selectors are
+reference-counted, so that several users of one interned selector share one entry.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from septum.model.selector import All, And, Compare, Expr, Has, Not, Op, Or, Selector
+
+__all__ = ["LabelIndex", "SetDelta"]
+
+
+@dataclass(frozen=True, slots=True)
+class SetDelta:
+    """A change of one set: ``added`` and ``removed`` are disjoint."""
+
+    added: frozenset[str] = frozenset()
+    removed: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+class LabelIndex:
+    """Selector membership over a changing set of labelled endpoints. Not thread-safe."""
+
+    def __init__(self) -> None:
+        self._labels: dict[str, Mapping[str, str]] = {}
+        self._by_pair: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        self._by_key: defaultdict[str, set[str]] = defaultdict(set)
+        self._members: dict[Selector, set[str]] = {}
+        self._refs: dict[Selector, int] = {}
+        self._readers: defaultdict[str, set[Selector]] = defaultdict(set)  # key → selectors
+        self._selected_by: defaultdict[str, set[Selector]] = defaultdict(set)  # reverse index
+
+    # ---------------------------------------------------------------- queries
+
+    def members(self, selector: Selector) -> frozenset[str]:
+        """Current members of a registered selector. Cost: O(members)."""
+        return frozenset(self._members[selector])
+
+    def selectors_of(self, endpoint: str) -> frozenset[Selector]:
+        """The registered selectors that select ``endpoint``."""
+        return frozenset(self._selected_by.get(endpoint, ()))
+
+    def labels(self, endpoint: str) -> Mapping[str, str] | None:
+        return self._labels.get(endpoint)
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        return frozenset(self._labels)
+
+    @property
+    def selectors(self) -> frozenset[Selector]:
+        return frozenset(self._members)
+
+    # ---------------------------------------------------------------- selectors
+
+    def add_selector(self, selector: Selector) -> frozenset[str]:
+        """Register (or add a reference to) a selector; returns its members.
+
+        Cost: set algebra over the posting lists of the keys it reads.
+        """
+        if selector in self._members:
+            self._refs[selector] += 1
+            return frozenset(self._members[selector])
+        members = self._evaluate(selector.expr)
+        self._members[selector] = members
+        self._refs[selector] = 1
+        for key in selector.keys:
+            self._readers[key].add(selector)
+        if not selector.keys:
+            self._readers[""].add(selector)  # all(): re-tested only when endpoints come/go
+        for endpoint in members:
+            self._selected_by[endpoint].add(selector)
+        return frozenset(members)
+
+    def remove_selector(self, selector: Selector) -> None:
+        """Drop one reference; the entry goes when the last reference does."""
+        self._refs[selector] -= 1
+        if self._refs[selector]:
+            return
+        del self._refs[selector]
+        for endpoint in self._members.pop(selector):
+            self._selected_by[endpoint].discard(selector)
+        for key in selector.keys or ("",):
+            self._readers[key].discard(selector)
+
+    # ---------------------------------------------------------------- endpoints
+
+    def upsert_endpoint(self, endpoint: str, labels: Mapping[str, str]) -> dict[Selector, SetDelta]:
+        """Add an endpoint or replace its labels; returns the membership changes.
+
+        Cost: a new endpoint is tested against every selector; a changed one only against the
+        selectors that read a key whose value changed.
+        """
+        old = self._labels.get(endpoint)
+        labels = dict(labels)
+        if old is None:
+            candidates: Iterable[Selector] = self._members
+        else:
+            changed = {k for k in old.keys() | labels.keys() if old.get(k) != labels.get(k)}
+            if not changed:
+                return {}
+            found: set[Selector] = set()
+            for key in changed:
+                found |= self._readers.get(key, set())
+            candidates = found
+            self._unpost(endpoint, old)
+        self._labels[endpoint] = labels
+        for key, value in labels.items():
+            self._by_pair[(key, value)].add(endpoint)
+            self._by_key[key].add(endpoint)
+        deltas: dict[Selector, SetDelta] = {}
+        selected = self._selected_by[endpoint]
+        for selector in candidates:
+            now = selector.matches(labels)
+            before = selector in selected
+            if now and not before:
+                self._members[selector].add(endpoint)
+                selected.add(selector)
+                deltas[selector] = SetDelta(added=frozenset((endpoint,)))
+            elif before and not now:
+                self._members[selector].discard(endpoint)
+                selected.discard(selector)
+                deltas[selector] = SetDelta(removed=frozenset((endpoint,)))
+        return deltas
+
+    def remove_endpoint(self, endpoint: str) -> dict[Selector, SetDelta]:
+        """Remove an endpoint; returns the membership changes. Cost: O(selectors selecting it)."""
+        old = self._labels.pop(endpoint, None)
+        if old is None:
+            return {}
+        self._unpost(endpoint, old)
+        deltas: dict[Selector, SetDelta] = {}
+        for selector in self._selected_by.pop(endpoint, set()):
+            self._members[selector].discard(endpoint)
+            deltas[selector] = SetDelta(removed=frozenset((endpoint,)))
+        return deltas
+
+    # ---------------------------------------------------------------- reference
+
+    def recompute(self) -> dict[Selector, frozenset[str]]:
+        """Every selector's members tested from scratch: the reference for incremental tests.
+        Cost: O(selectors × endpoints)."""
+        return {
+            s: frozenset(e for e, labels in self._labels.items() if s.matches(labels))
+            for s in self._members
+        }
+
+    # ---------------------------------------------------------------- internals
+
+    def _unpost(self, endpoint: str, labels: Mapping[str, str]) -> None:
+        for key, value in labels.items():
+            pair = self._by_pair[(key, value)]
+            pair.discard(endpoint)
+            if not pair:
+                del self._by_pair[(key, value)]
+            holders = self._by_key[key]
+            holders.discard(endpoint)
+            if not holders:
+                del self._by_key[key]
+
+    def _evaluate(self, expr: Expr) -> set[str]:
+        """Members of ``expr`` by set algebra over posting lists."""
+        match expr:
+            case All():
+                return set(self._labels)
+            case Has(key):
+                return set(self._by_key.get(key, ()))
+            case Compare(key, Op.EQ, (value,)):
+                return set(self._by_pair.get((key, value), ()))
+            case Compare(key, Op.IN, values):
+                return set().union(*(self._by_pair.get((key, v), ()) for v in values))
+            case Compare(key, Op.NE | Op.NOT_IN, _):
+                positive = Compare(key, Op.EQ if expr.op == Op.NE else Op.IN, expr.values)
+                return set(self._labels) - self._evaluate(positive)
+            case Compare(key, _, _):
+                # starts with / ends with / contains: scan this key's holders' values.
+                return {
+                    e for e in self._by_key.get(key, ()) if expr_matches(expr, self._labels[e])
+                }
+            case Not(operand):
+                return set(self._labels) - self._evaluate(operand)
+            case And(operands):
+                # Start from the smallest positive operand to keep the intersection cheap.
+                parts = sorted((self._evaluate(o) for o in operands), key=len)
+                result = parts[0]
+                for part in parts[1:]:
+                    result &= part
+                return result
+            case Or(operands):
+                return set().union(*(self._evaluate(o) for o in operands))
+        raise AssertionError(f"unknown selector node {expr!r}")  # pragma: no cover
+
+
+def expr_matches(expr: Compare, labels: Mapping[str, str]) -> bool:
+    value = labels.get(expr.key)
+    if value is None:
+        return False
+    (needle,) = expr.values
+    if expr.op == Op.STARTS_WITH:
+        return value.startswith(needle)
+    if expr.op == Op.ENDS_WITH:
+        return value.endswith(needle)
+    return needle in value

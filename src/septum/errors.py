@@ -1,0 +1,57 @@
+"""Septum's exceptions. Front ends catch ``SeptumError`` and print it; anything else escaping
+the core is a bug.
+
+::
+
+    SeptumError
+    ├── SelectorSyntaxError        a selector expression does not parse (column within the text)
+    ├── ValidationError            one or more problems in a policy repository
+    │     .problems: list[Problem]   each with file, line, column and message
+    ├── LookupFailed               a CLI/API argument names no workload, address or enforcer
+    └── RenderError                a target cannot express something it was asked to render
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SeptumError(Exception):
+    """Base of every error Septum reports to a user."""
+
+
+class SelectorSyntaxError(SeptumError):
+    """``column`` is 1-based, counted in the selector text."""
+
+    def __init__(self, message: str, column: int, text: str) -> None:
+        super().__init__(f"{message} (column {column} of selector {text!r})")
+        self.message = message
+        self.column = column
+        self.text = text
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    """One validation problem, pointing at a position in a file (1-based line and column)."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ValidationError(SeptumError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class LookupFailed(SeptumError):
+    """A name or address given on the command line or API matched nothing."""
+
+
+class RenderError(SeptumError):
+    """A renderer cannot express part of the resolved policy."""
