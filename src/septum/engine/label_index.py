@@ -193,9 +193,7 @@ class LabelIndex:
                 return set(self._labels) - self._evaluate(positive)
             case Compare(key, _, _):
                 # starts with / ends with / contains: scan this key's holders' values.
-                return {
-                    e for e in self._by_key.get(key, ()) if expr_matches(expr, self._labels[e])
-                }
+                return {e for e in self._by_key.get(key, ()) if expr_matches(expr, self._labels[e])}
             case Not(operand):
                 return set(self._labels) - self._evaluate(operand)
             case And(operands):

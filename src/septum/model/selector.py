@@ -363,8 +363,9 @@ class _Parser:
         expr = self._or()
         tok = self._peek()
         if tok.kind != "end":
-            raise self._error(f"unexpected {self._describe(tok)} after a complete expression",
-                              tok.column)
+            raise self._error(
+                f"unexpected {self._describe(tok)} after a complete expression", tok.column
+            )
         return expr
 
     def _or(self) -> Expr:
@@ -395,8 +396,10 @@ class _Parser:
             self._expect_op(")", "')'")
             return expr
         if tok.kind != "word":
-            raise self._error(f"expected a label key, has(), all() or '(', found "
-                              f"{self._describe(tok)}", tok.column)
+            raise self._error(
+                f"expected a label key, has(), all() or '(', found {self._describe(tok)}",
+                tok.column,
+            )
         follow = self._peek()
         if tok.value in ("all", "has") and follow.kind == "op" and follow.value == "(":
             self._next()
@@ -405,8 +408,9 @@ class _Parser:
                 return All()
             key = self._next()
             if key.kind != "word":
-                raise self._error(f"expected a label key in has(), found {self._describe(key)}",
-                                  key.column)
+                raise self._error(
+                    f"expected a label key in has(), found {self._describe(key)}", key.column
+                )
             self._expect_op(")", "')' after has(key")
             return Has(key.value)
         return self._comparison(tok.value)
@@ -446,8 +450,9 @@ class _Parser:
             if tok.kind == "op" and tok.value == "}":
                 return tuple(sorted(values))
             if not (tok.kind == "op" and tok.value == ","):
-                raise self._error(f"expected ',' or '}}' in a set, found {self._describe(tok)}",
-                                  tok.column)
+                raise self._error(
+                    f"expected ',' or '}}' in a set, found {self._describe(tok)}", tok.column
+                )
 
 
 ALL: Final[Selector] = parse_selector("all()")

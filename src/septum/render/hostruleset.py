@@ -1,0 +1,978 @@
+"""Lowering stage 3: resolved policy → host ruleset of one enforcer (pure data).
+
+A :class:`HostRuleset` is what one host's nftables table ``inet septum`` must contain: static
+chains whose rules reference dynamic named sets and verdict maps. Address churn (a workload
+gets or loses an address, a label change moves a workload in or out of a peer selector)
+changes set and map *elements* only; :func:`diff_rulesets` turns two rulesets into element
+deltas and says whether the static part changed too.
+
+Chain layout (one base chain per hook, Calico/knftables style)::
+
+    input / output / forward  (filter hook, priority filter)
+      ct state established,related accept · ct state invalid drop · loopback accept
+      goto egress_dispatch
+    egress_dispatch                       side 1: the source, if it is a local workload
+      failsafe (egress) → goto ingress_dispatch
+      ip saddr vmap @egress_v4 · ip6 saddr vmap @egress_v6   → goto w_<workload>_eg
+      goto ingress_dispatch
+    ingress_dispatch                      side 2: the destination, if it is a local workload
+      failsafe (ingress) → accept
+      ip daddr vmap @ingress_v4 · ip6 daddr vmap @ingress_v6 → goto w_<workload>_in
+      accept
+    w_<workload>_<in|eg>                  one per local workload (mode ≠ idle) and direction
+      jump t_<tier>_<hash>_<in|eg> …      the tiers that apply, in order
+      repository default
+    t_<tier>_<hash>_<in|eg>               one per (tier, applicable policies, mode class):
+      the rules of the applicable policies in order; tier default deny at the end
+
+Both sides are evaluated in every hook, so containers behind the host (forward), the host
+itself (input/output) and container↔host traffic are all covered. An egress *allow* cannot
+be ``accept`` (that would end the base chain before the destination's ingress is evaluated),
+so on egress "allow" is ``goto ingress_dispatch``; on ingress it is ``accept``.
+
+Verdicts: allow → accept (egress: goto ingress_dispatch); deny → counter, nflog, drop; pass →
+``return`` (back to the workload chain, which jumps to the next tier); log → nflog and
+continue. Modes: ``enforced`` drops every deny; ``selective`` drops explicit deny rules and
+logs-and-accepts default denies (tier and repository); ``test`` and ``visibility`` log every
+would-be deny (nflog group ``would_deny_group``) and accept; ``idle`` workloads get no chain
+and no dispatch entry. Staged policies are not rendered (never enforced; reported by explain).
+
+Peers: a selector (or segment) peer becomes the named set of its selected workloads'
+addresses, plus — when it selects networks — a rule that matches the networks' ranges only
+outside the ``attributed_vN`` set (every workload and user-session address), which is exactly
+the attribution order of ``semantics.md``. ``users:`` peers become the set of the selected
+users' session addresses; ``network:`` peers the network's ranges outside ``attributed_vN``;
+``cidr:`` peers an anonymous set (outside ``workloads_vN`` when
+``cidrMatchesWorkloads: false``). Approximations (see also ``render/nft.py``):
+
+- addresses and validity are those at the resolve time; a validity boundary needs a new
+  resolve (which yields element deltas only);
+- a rule with several peer/service alternatives becomes several nft rules; for a ``log`` rule
+  a packet matching two alternatives is logged twice;
+- loopback traffic is accepted without evaluation, including traffic between two distinct
+  workloads of one host over ``lo`` (a workload talking to itself is never evaluated anyway).
+
+Determinism: chains, sets and elements are sorted; generated names are a readable prefix plus
+a short hash of their defining text (selector canonical text, tier chain key).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from ipaddress import IPv4Network, IPv6Network
+
+from septum.engine.resolve import (
+    AddressSet,
+    LocalWorkload,
+    ResolvedPolicy,
+    ResolvedPolicyRules,
+    TierApplication,
+)
+from septum.model.resources import (
+    ALL_PORTS,
+    Action,
+    Direction,
+    FailsafeEntry,
+    IPNetwork,
+    Mode,
+    Peer,
+    PeerKind,
+    PortRange,
+    Protocol,
+    RepositoryDefault,
+    Rule,
+    ServicePort,
+    TierDefault,
+)
+
+__all__ = [
+    "AddrField",
+    "AddrMatch",
+    "Chain",
+    "CtStateMatch",
+    "Dispatch",
+    "Element",
+    "ElementDelta",
+    "Family",
+    "Hook",
+    "HostRuleset",
+    "IfaceMatch",
+    "LogStatement",
+    "MapElement",
+    "Match",
+    "NamedSet",
+    "NftRule",
+    "NftSettings",
+    "PortMatch",
+    "ProtoMatch",
+    "Provenance",
+    "RuleCache",
+    "RulesetDelta",
+    "SetType",
+    "Verdict",
+    "VerdictMap",
+    "apply_delta",
+    "build_host_ruleset",
+    "diff_rulesets",
+]
+
+# ------------------------------------------------------------------------------- data
+
+
+class Family(enum.Enum):
+    IP = "ip"
+    IP6 = "ip6"
+
+
+class AddrField(enum.Enum):
+    SADDR = "saddr"
+    DADDR = "daddr"
+
+
+class SetType(enum.Enum):
+    IPV4 = "ipv4_addr"
+    IPV6 = "ipv6_addr"
+
+
+class Hook(enum.Enum):
+    INPUT = "input"
+    OUTPUT = "output"
+    FORWARD = "forward"
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"
+    DROP = "drop"
+    RETURN = "return"
+    JUMP = "jump"
+    GOTO = "goto"
+    CONTINUE = "continue"  # no verdict: the next rule runs
+
+
+@dataclass(frozen=True, slots=True)
+class AddrMatch:
+    """``ip saddr @set`` / ``ip6 daddr != @set`` / ``ip saddr { ranges }``."""
+
+    family: Family
+    field: AddrField
+    set_name: str | None = None
+    ranges: tuple[IPNetwork, ...] = ()
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PortMatch:
+    """Protocol and destination port: ``meta l4proto . th dport { tcp . 443, ... }``."""
+
+    entries: tuple[tuple[Protocol, PortRange], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtoMatch:
+    """Protocol only (every port, or a protocol without ports): ``meta l4proto { ... }``."""
+
+    protocols: tuple[Protocol, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CtStateMatch:
+    states: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IfaceMatch:
+    field: str  # "iif" | "oif"
+    name: str
+
+
+Match = AddrMatch | PortMatch | ProtoMatch | CtStateMatch | IfaceMatch
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A verdict-map lookup ending the rule: ``ip saddr vmap @egress_v4``."""
+
+    family: Family
+    field: AddrField
+    map_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogStatement:
+    group: int  # nflog group
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a rule comes from: ``tier/policy/direction/index`` (or ``default``/``jump``);
+    system rules are ``septum/<note>``."""
+
+    tier: str | None = None
+    policy: str | None = None
+    direction: Direction | None = None
+    index: int | None = None
+    note: str | None = None
+
+    def __str__(self) -> str:
+        if self.tier is None and self.policy is None and self.direction is None:
+            return (
+                f"septum/{self.note}" if self.index is None else f"septum/{self.note}/{self.index}"
+            )
+        last = str(self.index) if self.index is not None else (self.note or "*")
+        direction = self.direction.value if self.direction is not None else "*"
+        return f"{self.tier or '*'}/{self.policy or '*'}/{direction}/{last}"
+
+
+@dataclass(frozen=True, slots=True)
+class NftRule:
+    matches: tuple[Match, ...]
+    verdict: Verdict
+    provenance: Provenance
+    target: str | None = None  # chain of JUMP/GOTO
+    log: LogStatement | None = None
+    dispatch: Dispatch | None = None  # replaces the verdict
+    counter: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    rules: tuple[NftRule, ...]
+    hook: Hook | None = None  # base chains only
+    priority: int = 0  # offset from the filter priority
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MapElement:
+    """``address : goto chain`` in a dispatch verdict map."""
+
+    key: IPv4Network | IPv6Network  # a host prefix
+    chain: str
+
+
+Element = IPv4Network | IPv6Network | MapElement
+
+
+@dataclass(frozen=True, slots=True)
+class NamedSet:
+    name: str
+    type: SetType
+    interval: bool
+    elements: tuple[IPNetwork, ...] = ()  # sorted; host prefixes unless ``interval``
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictMap:
+    name: str
+    type: SetType
+    elements: tuple[MapElement, ...] = ()  # sorted
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostRuleset:
+    """Everything the table ``<family> <table>`` of one enforcer holds. Pure data, sorted."""
+
+    enforcer: str
+    at: datetime
+    chains: tuple[Chain, ...]
+    sets: tuple[NamedSet, ...]
+    maps: tuple[VerdictMap, ...]
+    table: str = "septum"
+    family: str = "inet"
+
+    def structure(self) -> HostRuleset:
+        """The static part: the same ruleset with every set and map emptied."""
+        return replace(
+            self,
+            at=datetime.min,
+            sets=tuple(replace(s, elements=()) for s in self.sets),
+            maps=tuple(replace(m, elements=()) for m in self.maps),
+        )
+
+    def elements(self) -> dict[str, frozenset[Element]]:
+        """The dynamic part: every set's and map's elements, by name."""
+        out: dict[str, frozenset[Element]] = {s.name: frozenset(s.elements) for s in self.sets}
+        out.update({m.name: frozenset(m.elements) for m in self.maps})
+        return out
+
+    def chain(self, name: str) -> Chain:
+        for c in self.chains:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class NftSettings:
+    """How rulesets are rendered (passed in by the caller, never read from a global).
+
+    nflog groups: ``deny_group`` for enforced denies, ``would_deny_group`` for denies that are
+    reported but not enforced (test, visibility, selective defaults), ``log_group`` for
+    ``log`` rules. ``priority`` is the offset of the base chains from ``filter``.
+    """
+
+    table: str = "septum"
+    deny_group: int = 1
+    would_deny_group: int = 2
+    log_group: int = 3
+    priority: int = 0
+
+
+# ------------------------------------------------------------------------------- deltas
+
+
+@dataclass(frozen=True, slots=True)
+class ElementDelta:
+    """Disjoint element changes of one named set or verdict map (sorted)."""
+
+    name: str
+    added: tuple[Element, ...] = ()
+    removed: tuple[Element, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RulesetDelta:
+    """From one ruleset to another: element deltas, and whether the static part (chains,
+    rules, set declarations) changed too, in which case the deltas are not enough and the
+    whole table must be replaced."""
+
+    elements: tuple[ElementDelta, ...]
+    structure_changed: bool
+
+    def __bool__(self) -> bool:
+        return self.structure_changed or bool(self.elements)
+
+
+def _sort_key(e: Element) -> tuple[int, int, int, str]:
+    if isinstance(e, MapElement):
+        return (e.key.version, int(e.key.network_address), e.key.prefixlen, e.chain)
+    return (e.version, int(e.network_address), e.prefixlen, "")
+
+
+def diff_rulesets(old: HostRuleset, new: HostRuleset) -> RulesetDelta:
+    """Element deltas turning ``old``'s sets and maps into ``new``'s. Cost: O(elements)."""
+    structure_changed = old.structure() != new.structure()
+    before, after = old.elements(), new.elements()
+    deltas: list[ElementDelta] = []
+    for name in sorted(before.keys() | after.keys()):
+        b, a = before.get(name, frozenset()), after.get(name, frozenset())
+        if a == b:
+            continue
+        deltas.append(
+            ElementDelta(
+                name,
+                tuple(sorted(a - b, key=_sort_key)),
+                tuple(sorted(b - a, key=_sort_key)),
+            )
+        )
+    return RulesetDelta(tuple(deltas), structure_changed)
+
+
+def apply_delta(ruleset: HostRuleset, delta: RulesetDelta | Iterable[ElementDelta]) -> HostRuleset:
+    """``ruleset`` with element deltas applied (removals first, as the rendered delta does).
+
+    A map element is removed by key, so a changed target is a removal plus an addition.
+    """
+    deltas = delta.elements if isinstance(delta, RulesetDelta) else tuple(delta)
+    by_name = {d.name: d for d in deltas}
+
+    def patch_set(s: NamedSet) -> NamedSet:
+        d = by_name.get(s.name)
+        if d is None:
+            return s
+        els = set(s.elements) - set(d.removed)
+        els |= {e for e in d.added if not isinstance(e, MapElement)}
+        return replace(s, elements=tuple(sorted(els, key=_sort_key)))
+
+    def patch_map(m: VerdictMap) -> VerdictMap:
+        d = by_name.get(m.name)
+        if d is None:
+            return m
+        removed_keys = {e.key for e in d.removed if isinstance(e, MapElement)}
+        els = {e for e in m.elements if e.key not in removed_keys}
+        els |= {e for e in d.added if isinstance(e, MapElement)}
+        return replace(m, elements=tuple(sorted(els, key=_sort_key)))
+
+    return replace(
+        ruleset,
+        sets=tuple(patch_set(s) for s in ruleset.sets),
+        maps=tuple(patch_map(m) for m in ruleset.maps),
+    )
+
+
+# ------------------------------------------------------------------------------- naming
+
+
+_NOT_IDENT = re.compile(r"[^a-z0-9]+")
+
+
+def _short_hash(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def _readable(text: str, maxlen: int) -> str:
+    ident = _NOT_IDENT.sub("_", text.lower()).strip("_")[:maxlen].strip("_")
+    return ident or "x"
+
+
+def _vsuffix(family: Family) -> str:
+    return "4" if family is Family.IP else "6"
+
+
+def _stype(family: Family) -> SetType:
+    return SetType.IPV4 if family is Family.IP else SetType.IPV6
+
+
+FAMILIES = (Family.IP, Family.IP6)
+INGRESS_DISPATCH = "ingress_dispatch"
+EGRESS_DISPATCH = "egress_dispatch"
+_DIR_SUFFIX = {Direction.INGRESS: "in", Direction.EGRESS: "eg"}
+_REMOTE = {Direction.INGRESS: AddrField.SADDR, Direction.EGRESS: AddrField.DADDR}
+
+
+def workload_chain_name(workload: str, direction: Direction) -> str:
+    return f"w_{_readable(workload, 24)}_{_short_hash('w:' + workload, 6)}_{_DIR_SUFFIX[direction]}"
+
+
+def _family_ranges(a: AddressSet, family: Family) -> tuple[IPNetwork, ...]:
+    return a.v4 if family is Family.IP else a.v6
+
+
+# ------------------------------------------------------------------------------- building
+
+
+class _DenyStyle(enum.Enum):
+    DROP = "drop"
+    LOG_ACCEPT = "log-accept"
+
+
+#: mode → (style of explicit deny rules, style of default denies)
+_MODE_STYLES: Mapping[Mode, tuple[_DenyStyle, _DenyStyle]] = {
+    Mode.ENFORCED: (_DenyStyle.DROP, _DenyStyle.DROP),
+    Mode.SELECTIVE: (_DenyStyle.DROP, _DenyStyle.LOG_ACCEPT),
+    Mode.TEST: (_DenyStyle.LOG_ACCEPT, _DenyStyle.LOG_ACCEPT),
+    Mode.VISIBILITY: (_DenyStyle.LOG_ACCEPT, _DenyStyle.LOG_ACCEPT),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _SetDecl:
+    """A named set a rule references, with its elements."""
+
+    name: str
+    family: Family
+    interval: bool
+    elements: tuple[IPNetwork, ...]
+    comment: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Expanded:
+    """One model rule as nft match alternatives, with the named sets they reference."""
+
+    alternatives: tuple[tuple[Match, ...], ...]
+    sets: tuple[_SetDecl, ...]
+
+
+@dataclass(slots=True)
+class RuleCache:
+    """Per-resolved-policy memo of expanded rules, shared by the rulesets of all enforcers
+    (``compile_all``). Not thread-safe."""
+
+    resolved: ResolvedPolicy
+    settings: NftSettings
+    _rules: dict[tuple[str, Direction, int], _Expanded] = field(default_factory=dict)
+    _failsafe: dict[tuple[Direction, int], _Expanded] = field(default_factory=dict)
+    _tier_chains: dict[tuple[object, ...], tuple[Chain, tuple[_SetDecl, ...]]] = field(
+        default_factory=dict
+    )
+    _has_deny: dict[tuple[str, Direction], bool] = field(default_factory=dict)
+    _defaults: dict[tuple[Direction, _DenyStyle | None], tuple[NftRule, ...]] = field(
+        default_factory=dict
+    )
+
+
+def _comment_text(text: str) -> str:
+    return text.replace('"', "'")[:120]
+
+
+class _Builder:
+    def __init__(self, cache: RuleCache, settings: NftSettings) -> None:
+        self.cache = cache
+        self.resolved = cache.resolved
+        self.settings = settings
+        self.sets: dict[str, _SetDecl] = {}
+        self.tier_chains: dict[tuple[object, ...], Chain] = {}
+        self._pending: list[_SetDecl] = []
+        self._chain_sets: dict[str, _SetDecl] = {}
+        self._jumps: dict[str, NftRule] = {}
+
+    # ------------------------------------------------------------ peers and services
+
+    def _selector_sets(self, text: str, family: Family) -> list[tuple[Match, ...]]:
+        rs = self.resolved.selectors[text]
+        base = f"s_{_readable(text, 20)}_{_short_hash('sel:' + text)}"
+        v = _vsuffix(family)
+        wl = _SetDecl(
+            f"{base}_v{v}",
+            family,
+            False,
+            _family_ranges(rs.addresses.workloads, family),
+            f"workloads of {text}",
+        )
+        out: list[tuple[Match, ...]] = []
+        sets = [wl]
+        out.append((AddrMatch(family, AddrField.SADDR, wl.name),))
+        nets = _family_ranges(rs.addresses.networks, family)
+        if nets:
+            nd = _SetDecl(f"{base}_n{v}", family, True, nets, f"networks of {text}")
+            sets.append(nd)
+            out.append(self._outside_attributed(family, nd, sets))
+        self._pending.extend(sets)
+        return out
+
+    def _attributed(self, family: Family) -> _SetDecl:
+        v = _vsuffix(family)
+        return _SetDecl(
+            f"attributed_v{v}",
+            family,
+            False,
+            _family_ranges(self.resolved.attributed_addresses, family),
+            "addresses held by workloads and user sessions",
+        )
+
+    def _outside_attributed(
+        self, family: Family, ranges: _SetDecl, sets: list[_SetDecl]
+    ) -> tuple[Match, ...]:
+        excl = self._attributed(family)
+        sets.append(excl)
+        return (
+            AddrMatch(family, AddrField.SADDR, excl.name, negate=True),
+            AddrMatch(family, AddrField.SADDR, ranges.name),
+        )
+
+    def _peer_alternatives(self, peers: tuple[Peer, ...]) -> list[tuple[Match, ...]]:
+        """Alternatives matching the remote address in field SADDR (fixed up per direction)."""
+        if not peers:
+            return [()]
+        out: list[tuple[Match, ...]] = []
+        cidrs: list[IPNetwork] = []
+        for peer in peers:
+            if peer.kind in (PeerKind.SELECTOR, PeerKind.SEGMENT):
+                assert peer.selector is not None
+                if peer.selector.is_all:
+                    return [()]
+                for fam in FAMILIES:
+                    out.extend(self._selector_sets(peer.selector.text, fam))
+            elif peer.kind is PeerKind.CIDR:
+                assert peer.cidr is not None
+                cidrs.append(peer.cidr)
+            elif peer.kind is PeerKind.NETWORK:
+                assert peer.ref is not None
+                ranges = self.resolved.networks.get(peer.ref, AddressSet())
+                for fam in FAMILIES:
+                    r = _family_ranges(ranges, fam)
+                    if r:
+                        v = _vsuffix(fam)
+                        nd = _SetDecl(
+                            f"n_{_readable(peer.ref, 20)}_{_short_hash('net:' + peer.ref)}_v{v}",
+                            fam,
+                            True,
+                            r,
+                            f"network {peer.ref}",
+                        )
+                        sets = [nd]
+                        out.append(self._outside_attributed(fam, nd, sets))
+                        self._pending.extend(sets)
+            else:  # USERS
+                assert peer.selector is not None
+                text = peer.selector.text
+                us = self.resolved.user_selectors[text]
+                for fam in FAMILIES:
+                    ud = _SetDecl(
+                        f"u_{_readable(text, 20)}_{_short_hash('users:' + text)}_v{_vsuffix(fam)}",
+                        fam,
+                        False,
+                        _family_ranges(us.addresses, fam),
+                        f"sessions of users {text}",
+                    )
+                    self._pending.append(ud)
+                    out.append((AddrMatch(fam, AddrField.SADDR, ud.name),))
+        if cidrs:
+            ranges = AddressSet.of_ranges(cidrs)
+            for fam in FAMILIES:
+                r = _family_ranges(ranges, fam)
+                if not r:
+                    continue
+                alt: tuple[Match, ...] = (AddrMatch(fam, AddrField.SADDR, ranges=r),)
+                if not self.resolved.settings.cidr_matches_workloads:
+                    v = _vsuffix(fam)
+                    excl = _SetDecl(
+                        f"workloads_v{v}",
+                        fam,
+                        False,
+                        _family_ranges(self.resolved.workload_addresses, fam),
+                        "addresses held by workloads",
+                    )
+                    self._pending.append(excl)
+                    alt = (AddrMatch(fam, AddrField.SADDR, excl.name, negate=True), *alt)
+                out.append(alt)
+        return list(dict.fromkeys(out))
+
+    # ------------------------------------------------------------ rules
+
+    def _expand(
+        self, peers: tuple[Peer, ...], services: tuple[ServicePort, ...], direction: Direction
+    ) -> _Expanded:
+        self._pending = []
+        peer_alts = self._peer_alternatives(peers)
+        remote = _REMOTE[direction]
+        if remote is not AddrField.SADDR:
+            peer_alts = [
+                tuple(replace(m, field=remote) if isinstance(m, AddrMatch) else m for m in alt)
+                for alt in peer_alts
+            ]
+        svc_alts = _service_alternatives(services)
+        alts = tuple(p + s for p in peer_alts for s in svc_alts)
+        sets = tuple(dict((s.name, s) for s in self._pending).values())
+        return _Expanded(alts, sets)
+
+    def expand_rule(
+        self, policy: ResolvedPolicyRules, direction: Direction, rule: Rule
+    ) -> _Expanded:
+        key = (policy.name, direction, rule.index)
+        hit = self.cache._rules.get(key)
+        if hit is None:
+            hit = self._expand(rule.peers, rule.services, direction)
+            self.cache._rules[key] = hit
+        return hit
+
+    def _use(self, expanded: _Expanded) -> None:
+        for s in expanded.sets:
+            self._chain_sets.setdefault(s.name, s)
+
+    def _allow(self, direction: Direction) -> tuple[Verdict, str | None]:
+        if direction is Direction.EGRESS:
+            return Verdict.GOTO, INGRESS_DISPATCH
+        return Verdict.ACCEPT, None
+
+    def _deny_rules(
+        self,
+        matches: Iterable[tuple[Match, ...]],
+        style: _DenyStyle,
+        direction: Direction,
+        prov: Provenance,
+    ) -> list[NftRule]:
+        s = self.settings
+        if style is _DenyStyle.DROP:
+            log = LogStatement(s.deny_group, f"septum deny {prov} ")
+            return [NftRule(m, Verdict.DROP, prov, log=log) for m in matches]
+        verdict, target = self._allow(direction)
+        log = LogStatement(s.would_deny_group, f"septum would-deny {prov} ")
+        return [NftRule(m, verdict, prov, target=target, log=log) for m in matches]
+
+    def _rule_rules(
+        self,
+        tier: str,
+        policy: ResolvedPolicyRules,
+        direction: Direction,
+        rule: Rule,
+        explicit: _DenyStyle,
+    ) -> list[NftRule]:
+        expanded = self.expand_rule(policy, direction, rule)
+        self._use(expanded)
+        prov = Provenance(tier, policy.name, direction, rule.index)
+        alts = expanded.alternatives
+        if rule.action is Action.ALLOW:
+            verdict, target = self._allow(direction)
+            return [NftRule(m, verdict, prov, target=target) for m in alts]
+        if rule.action is Action.DENY:
+            return self._deny_rules(alts, explicit, direction, prov)
+        if rule.action is Action.PASS:
+            return [NftRule(m, Verdict.RETURN, prov) for m in alts]
+        log = LogStatement(self.settings.log_group, f"septum log {prov} ")
+        return [NftRule(m, Verdict.CONTINUE, prov, log=log) for m in alts]
+
+    def _policy_has_deny(self, p: ResolvedPolicyRules, direction: Direction) -> bool:
+        key = (p.name, direction)
+        hit = self.cache._has_deny.get(key)
+        if hit is None:
+            hit = any(r.action is Action.DENY for r in p.rules(direction) or ())
+            self.cache._has_deny[key] = hit
+        return hit
+
+    def tier_chain(self, app: TierApplication, direction: Direction, mode: Mode) -> Chain | None:
+        """The (shared) chain of one tier for the given applicable policies and mode class."""
+        policies = app.enforced()
+        if not policies:
+            return None
+        explicit, default = _MODE_STYLES[mode]
+        # A style only matters when something can deny: keep the key (and sharing) minimal.
+        default_key = default if app.tier.default_action is TierDefault.DENY else None
+        has_deny = any(self._policy_has_deny(p, direction) for p in policies)
+        explicit_key = explicit if has_deny else None
+        key = (direction, app.tier.name, tuple(p.name for p in policies), explicit_key, default_key)
+        local = self.tier_chains.get(key)
+        if local is not None:
+            return local
+        shared = self.cache._tier_chains.get(key)
+        if shared is None:
+            self._chain_sets = {}
+            rules: list[NftRule] = []
+            for p in policies:
+                for r in p.rules(direction) or ():
+                    rules.extend(self._rule_rules(app.tier.name, p, direction, r, explicit))
+            if app.tier.default_action is TierDefault.DENY:
+                prov = Provenance(app.tier.name, None, direction, note="default")
+                rules.extend(self._deny_rules([()], default, direction, prov))
+            digest = _short_hash(repr([k.value if isinstance(k, enum.Enum) else k for k in key]))
+            name = f"t_{_readable(app.tier.name, 16)}_{digest}_{_DIR_SUFFIX[direction]}"
+            names = ", ".join(p.name for p in policies)
+            chain = Chain(
+                name,
+                tuple(rules),
+                comment=_comment_text(f"tier {app.tier.name} {direction.value}: {names}"),
+            )
+            shared = (chain, tuple(self._chain_sets.values()))
+            self.cache._tier_chains[key] = shared
+        chain, sets = shared
+        for s in sets:
+            self.sets.setdefault(s.name, s)
+        self.tier_chains[key] = chain
+        return chain
+
+    def _default_rules(self, direction: Direction, mode: Mode) -> tuple[NftRule, ...]:
+        """The repository default at the end of every workload chain (shared)."""
+        allow = self.resolved.default_action is RepositoryDefault.ALLOW
+        style = None if allow else _MODE_STYLES[mode][1]
+        key = (direction, style)
+        hit = self.cache._defaults.get(key)
+        if hit is None:
+            prov = Provenance("*", None, direction, note="default")
+            if style is None:
+                verdict, target = self._allow(direction)
+                hit = (NftRule((), verdict, prov, target=target),)
+            else:
+                hit = tuple(self._deny_rules([()], style, direction, prov))
+            self.cache._defaults[key] = hit
+        return hit
+
+    def workload_chain(self, lw: LocalWorkload, direction: Direction) -> Chain:
+        rules: list[NftRule] = []
+        for app in lw.tiers(direction):
+            tc = self.tier_chain(app, direction, lw.mode)
+            if tc is not None:
+                jump = self._jumps.get(tc.name)
+                if jump is None:
+                    prov = Provenance(app.tier.name, None, direction, note="jump")
+                    jump = NftRule((), Verdict.JUMP, prov, target=tc.name, counter=False)
+                    self._jumps[tc.name] = jump
+                rules.append(jump)
+        rules.extend(self._default_rules(direction, lw.mode))
+        return Chain(
+            workload_chain_name(lw.name, direction),
+            tuple(rules),
+            comment=_comment_text(f"workload {lw.name} {direction.value} ({lw.mode.value})"),
+        )
+
+    # ------------------------------------------------------------ failsafe and base chains
+
+    def failsafe_rules(self, direction: Direction) -> list[NftRule]:
+        out: list[NftRule] = []
+        entries: tuple[FailsafeEntry, ...] = self.resolved.settings.failsafe
+        for i, entry in enumerate(entries):
+            if entry.direction is not None and entry.direction is not direction:
+                continue
+            key = (direction, i)
+            hit = self.cache._failsafe.get(key)
+            if hit is None:
+                peers = tuple(Peer(PeerKind.CIDR, cidr=c) for c in entry.cidrs)
+                # failsafe cidrs match any address, workloads' included
+                hit = _failsafe_expand(peers, entry.services, direction)
+                self.cache._failsafe[key] = hit
+            prov = Provenance(None, None, None, i, note=f"failsafe/{direction.value}")
+            verdict, target = self._allow(direction)
+            out.extend(NftRule(m, verdict, prov, target=target) for m in hit.alternatives)
+        return out
+
+
+def _failsafe_expand(
+    peers: tuple[Peer, ...], services: tuple[ServicePort, ...], direction: Direction
+) -> _Expanded:
+    remote = _REMOTE[direction]
+    peer_alts: list[tuple[Match, ...]] = [()]
+    if peers:
+        ranges = AddressSet.of_ranges(p.cidr for p in peers if p.cidr is not None)
+        peer_alts = [
+            (AddrMatch(fam, remote, ranges=_family_ranges(ranges, fam)),)
+            for fam in FAMILIES
+            if _family_ranges(ranges, fam)
+        ]
+    svc = _service_alternatives(services)
+    return _Expanded(tuple(p + s for p in peer_alts for s in svc), ())
+
+
+def _merge_ranges(ranges: list[PortRange]) -> list[PortRange]:
+    out: list[PortRange] = []
+    for r in sorted(ranges):
+        if out and r.first <= out[-1].last + 1:
+            out[-1] = PortRange(out[-1].first, max(out[-1].last, r.last))
+        else:
+            out.append(r)
+    return out
+
+
+def _service_alternatives(services: tuple[ServicePort, ...]) -> list[tuple[Match, ...]]:
+    if not services or any(s.protocol is None for s in services):
+        return [()]
+    whole: set[Protocol] = set()
+    ported: dict[Protocol, list[PortRange]] = {}
+    for s in services:
+        assert s.protocol is not None
+        if not s.protocol.has_ports or s.ports == ALL_PORTS:
+            whole.add(s.protocol)
+        else:
+            ported.setdefault(s.protocol, []).append(s.ports)
+    entries = tuple(
+        (proto, r)
+        for proto in sorted(ported, key=lambda p: p.value)
+        if proto not in whole
+        for r in _merge_ranges(ported[proto])
+    )
+    out: list[tuple[Match, ...]] = []
+    if entries:
+        out.append((PortMatch(entries),))
+    if whole:
+        out.append((ProtoMatch(tuple(sorted(whole, key=lambda p: p.value))),))
+    return out
+
+
+def _base_chain(hook: Hook, priority: int) -> Chain:
+    rules = [
+        NftRule(
+            (CtStateMatch(("established", "related")),),
+            Verdict.ACCEPT,
+            Provenance(note="established"),
+        ),
+        NftRule((CtStateMatch(("invalid",)),), Verdict.DROP, Provenance(note="invalid")),
+    ]
+    if hook is Hook.INPUT:
+        rules.append(
+            NftRule((IfaceMatch("iif", "lo"),), Verdict.ACCEPT, Provenance(note="loopback"))
+        )
+    elif hook is Hook.OUTPUT:
+        rules.append(
+            NftRule((IfaceMatch("oif", "lo"),), Verdict.ACCEPT, Provenance(note="loopback"))
+        )
+    rules.append(
+        NftRule(
+            (), Verdict.GOTO, Provenance(note="dispatch"), target=EGRESS_DISPATCH, counter=False
+        )
+    )
+    return Chain(hook.value, tuple(rules), hook=hook, priority=priority)
+
+
+def build_host_ruleset(
+    resolved: ResolvedPolicy,
+    enforcer: str,
+    settings: NftSettings | None = None,
+    *,
+    cache: RuleCache | None = None,
+) -> HostRuleset:
+    """The ruleset of ``enforcer``: only what its local workloads need.
+
+    Cost: O(Σ over its local workloads of applicable rules) with tier chains shared between
+    workloads with the same applicable policies and mode class; expanded rules are memoized in
+    ``cache`` (pass one ``RuleCache`` to share the work between enforcers).
+    """
+    settings = settings or NftSettings()
+    if cache is None or cache.resolved is not resolved or cache.settings != settings:
+        cache = RuleCache(resolved, settings)
+    b = _Builder(cache, settings)
+    view = resolved.enforcer(enforcer)
+
+    workload_chains: list[Chain] = []
+    dispatch: dict[tuple[Direction, Family], list[MapElement]] = {
+        (d, f): [] for d in Direction for f in FAMILIES
+    }
+    for lw in view.workloads:
+        for d in Direction:
+            chain = b.workload_chain(lw, d)
+            workload_chains.append(chain)
+            for fam in FAMILIES:
+                dispatch[(d, fam)].extend(
+                    MapElement(a, chain.name) for a in _family_ranges(lw.addresses, fam)
+                )
+
+    eg_rules = b.failsafe_rules(Direction.EGRESS)
+    in_rules = b.failsafe_rules(Direction.INGRESS)
+    maps: list[VerdictMap] = []
+    for d, rules, fld in (
+        (Direction.EGRESS, eg_rules, AddrField.SADDR),
+        (Direction.INGRESS, in_rules, AddrField.DADDR),
+    ):
+        for fam in FAMILIES:
+            name = f"{d.value}_v{_vsuffix(fam)}"
+            maps.append(
+                VerdictMap(
+                    name,
+                    _stype(fam),
+                    tuple(sorted(dispatch[(d, fam)], key=_sort_key)),
+                    comment=f"local workload address to its {d.value} chain",
+                )
+            )
+            rules.append(
+                NftRule(
+                    (),
+                    Verdict.CONTINUE,
+                    Provenance(note="dispatch"),
+                    dispatch=Dispatch(fam, fld, name),
+                )
+            )
+    eg_rules.append(
+        NftRule(
+            (), Verdict.GOTO, Provenance(note="dispatch"), target=INGRESS_DISPATCH, counter=False
+        )
+    )
+    in_rules.append(NftRule((), Verdict.ACCEPT, Provenance(note="not-local")))
+
+    chains = [
+        _base_chain(Hook.INPUT, settings.priority),
+        _base_chain(Hook.OUTPUT, settings.priority),
+        _base_chain(Hook.FORWARD, settings.priority),
+        Chain(EGRESS_DISPATCH, tuple(eg_rules), comment="side 1: local sources (egress)"),
+        Chain(INGRESS_DISPATCH, tuple(in_rules), comment="side 2: local destinations (ingress)"),
+        *sorted(workload_chains, key=lambda c: c.name),
+        *sorted(b.tier_chains.values(), key=lambda c: c.name),
+    ]
+    sets = tuple(
+        NamedSet(
+            s.name,
+            _stype(s.family),
+            s.interval,
+            s.elements,
+            comment=_comment_text(s.comment),
+        )
+        for s in sorted(b.sets.values(), key=lambda s: s.name)
+    )
+    return HostRuleset(
+        enforcer=enforcer,
+        at=resolved.at,
+        chains=tuple(chains),
+        sets=sets,
+        maps=tuple(sorted(maps, key=lambda m: m.name)),
+        table=settings.table,
+    )
+
+
+def is_host_prefix(n: IPNetwork) -> bool:
+    return n.prefixlen == n.max_prefixlen

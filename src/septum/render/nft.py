@@ -1,0 +1,221 @@
+"""Lowering stage 4: host ruleset → nft script text (pure; the agent applies it).
+
+:func:`render_nft` produces ONE script, applied by ``nft -f`` as one transaction, that
+replaces the table it owns and nothing else::
+
+    table inet septum          # create it if absent (no-op otherwise) ...
+    delete table inet septum   # ... so that this never fails ...
+    table inet septum { ... }  # ... then the full definition
+
+:func:`render_set_delta` renders element deltas (``delete element`` first, then
+``add element``) for address churn, which never changes rules.
+
+Output is deterministic: the ruleset is sorted already and rendering adds no time or
+randomness. Names are safe nft identifiers by construction (``hostruleset`` derives them);
+comments and log prefixes have ``"`` replaced and are truncated to nft's limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from septum.errors import RenderError
+from septum.model.resources import IPNetwork, Protocol
+from septum.render.hostruleset import (
+    AddrMatch,
+    Chain,
+    CtStateMatch,
+    Element,
+    ElementDelta,
+    HostRuleset,
+    IfaceMatch,
+    MapElement,
+    Match,
+    NamedSet,
+    NftRule,
+    PortMatch,
+    ProtoMatch,
+    RulesetDelta,
+    Verdict,
+    VerdictMap,
+)
+
+__all__ = ["render_nft", "render_set_delta", "rules_text"]
+
+_PROTO = {
+    Protocol.TCP: "tcp",
+    Protocol.UDP: "udp",
+    Protocol.SCTP: "sctp",
+    Protocol.ICMP: "icmp",
+    Protocol.ICMPV6: "ipv6-icmp",
+}
+_MAX_COMMENT = 127
+_MAX_PREFIX = 127
+
+
+def _quoted(text: str, limit: int) -> str:
+    return '"' + text.replace('"', "'").replace("\n", " ")[:limit] + '"'
+
+
+def _net(n: IPNetwork) -> str:
+    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+
+
+def _element(e: Element, *, key_only: bool = False) -> str:
+    if isinstance(e, MapElement):
+        return _net(e.key) if key_only else f"{_net(e.key)} : goto {e.chain}"
+    return _net(e)
+
+
+def _match(m: Match) -> str:
+    if isinstance(m, AddrMatch):
+        op = "!= " if m.negate else ""
+        head = f"{m.family.value} {m.field.value} {op}"
+        if m.set_name is not None:
+            return f"{head}@{m.set_name}"
+        if len(m.ranges) == 1:
+            return head + _net(m.ranges[0])
+        return head + "{ " + ", ".join(_net(r) for r in m.ranges) + " }"
+    if isinstance(m, PortMatch):
+        if len(m.entries) == 1:
+            ((proto, ports),) = m.entries
+            return f"meta l4proto {_PROTO[proto]} th dport {ports}"
+        items = ", ".join(f"{_PROTO[p]} . {r}" for p, r in m.entries)
+        return "meta l4proto . th dport { " + items + " }"
+    if isinstance(m, ProtoMatch):
+        if len(m.protocols) == 1:
+            return f"meta l4proto {_PROTO[m.protocols[0]]}"
+        return "meta l4proto { " + ", ".join(_PROTO[p] for p in m.protocols) + " }"
+    if isinstance(m, CtStateMatch):
+        return "ct state " + ",".join(m.states)
+    if isinstance(m, IfaceMatch):
+        return f"{m.field} {m.name}"
+    raise RenderError(f"unknown match {m!r}")  # pragma: no cover
+
+
+def _rule(r: NftRule) -> str:
+    parts = [_match(m) for m in r.matches]
+    if r.counter:
+        parts.append("counter")
+    if r.log is not None:
+        parts.append(f"log prefix {_quoted(r.log.prefix, _MAX_PREFIX)} group {r.log.group}")
+    if r.dispatch is not None:
+        d = r.dispatch
+        parts.append(f"{d.family.value} {d.field.value} vmap @{d.map_name}")
+    elif r.verdict in (Verdict.JUMP, Verdict.GOTO):
+        parts.append(f"{r.verdict.value} {r.target}")
+    elif r.verdict is not Verdict.CONTINUE:
+        parts.append(r.verdict.value)
+    parts.append(f"comment {_quoted(str(r.provenance), _MAX_COMMENT)}")
+    return " ".join(parts)
+
+
+def _elements_block(items: list[str], indent: str) -> list[str]:
+    if not items:
+        return []
+    lines = [f"{indent}elements = {{"]
+    lines.extend(f"{indent}\t{item}," for item in items[:-1])
+    lines.append(f"{indent}\t{items[-1]}")
+    lines.append(f"{indent}}}")
+    return lines
+
+
+def _set(s: NamedSet) -> list[str]:
+    lines = [f"\tset {s.name} {{", f"\t\ttype {s.type.value}"]
+    if s.interval:
+        lines.append("\t\tflags interval")
+    if s.comment:
+        lines.append(f"\t\tcomment {_quoted(s.comment, _MAX_COMMENT)}")
+    lines.extend(_elements_block([_element(e) for e in s.elements], "\t\t"))
+    lines.append("\t}")
+    return lines
+
+
+def _map(m: VerdictMap) -> list[str]:
+    lines = [f"\tmap {m.name} {{", f"\t\ttype {m.type.value} : verdict"]
+    if m.comment:
+        lines.append(f"\t\tcomment {_quoted(m.comment, _MAX_COMMENT)}")
+    lines.extend(_elements_block([_element(e) for e in m.elements], "\t\t"))
+    lines.append("\t}")
+    return lines
+
+
+def _chain(c: Chain) -> list[str]:
+    lines = [f"\tchain {c.name} {{"]
+    if c.hook is not None:
+        prio = (
+            "filter"
+            if c.priority == 0
+            else f"filter {'+' if c.priority > 0 else '-'} {abs(c.priority)}"
+        )
+        lines.append(f"\t\ttype filter hook {c.hook.value} priority {prio}; policy accept;")
+    if c.comment:
+        lines.append(f"\t\tcomment {_quoted(c.comment, _MAX_COMMENT)}")
+    lines.extend(f"\t\t{_rule(r)}" for r in c.rules)
+    lines.append("\t}")
+    return lines
+
+
+def render_nft(ruleset: HostRuleset) -> str:
+    """The whole table as one atomic nft script. Cost: O(rules + elements)."""
+    t = f"{ruleset.family} {ruleset.table}"
+    lines = [
+        f"# septum ruleset for enforcer {ruleset.enforcer}, resolved at {ruleset.at.isoformat()}",
+        "# generated: do not edit. Applied atomically with `nft -f`.",
+        f"table {t}",
+        f"delete table {t}",
+        f"table {t} {{",
+    ]
+    for s in ruleset.sets:
+        lines.extend(_set(s))
+    for m in ruleset.maps:
+        lines.extend(_map(m))
+    for c in ruleset.chains:
+        lines.extend(_chain(c))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def rules_text(ruleset: HostRuleset) -> str:
+    """The static part rendered (sets and maps without elements): unchanged by churn."""
+    return render_nft(ruleset.structure())
+
+
+def render_set_delta(
+    ruleset_or_names: HostRuleset | Collection[str],
+    deltas: RulesetDelta | Iterable[ElementDelta],
+    *,
+    table: str = "septum",
+    family: str = "inet",
+) -> str:
+    """``delete element`` then ``add element`` statements for element deltas, one
+    transaction when applied with ``nft -f``. The first argument names the sets and maps that
+    exist (a ruleset: its table is used); a delta for any other name is a ``RenderError``.
+    Raises ``RenderError`` too for a ``RulesetDelta`` whose static part changed."""
+    if isinstance(deltas, RulesetDelta):
+        if deltas.structure_changed:
+            raise RenderError("rules or set declarations changed: render the whole table")
+        items = deltas.elements
+    else:
+        items = tuple(deltas)
+    if isinstance(ruleset_or_names, HostRuleset):
+        rs = ruleset_or_names
+        known = {s.name for s in rs.sets} | {m.name for m in rs.maps}
+        table, family = rs.table, rs.family
+    else:
+        known = set(ruleset_or_names)
+    unknown = sorted(d.name for d in items if d.name not in known)
+    if unknown:
+        raise RenderError(f"no such set or map: {', '.join(unknown)}")
+    t = f"{family} {table}"
+    ordered = sorted(items, key=lambda d: d.name)
+    lines: list[str] = []
+    for d in ordered:
+        if d.removed:
+            els = ", ".join(_element(e, key_only=True) for e in d.removed)
+            lines.append(f"delete element {t} {d.name} {{ {els} }}")
+    for d in ordered:
+        if d.added:
+            els = ", ".join(_element(e) for e in d.added)
+            lines.append(f"add element {t} {d.name} {{ {els} }}")
+    return "\n".join(lines) + "\n" if lines else ""
