@@ -1,0 +1,89 @@
+"""A policy repository on disk → the validated model. The only module here that reads files.
+
+File order is the sorted path order of ``docs/policy-language.md`` (directories walked in
+sorted order; names starting with ``.`` skipped), so "the second definition" of a duplicate
+name means the same thing on every machine. Paths in problems are the given path joined with
+the file's path below it (``examples/policies/web.yaml`` when called with ``examples``), which
+is what a user can click on in a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from septum.errors import Problem, ValidationError
+from septum.model.documents import SourceDocument
+from septum.model.parse import UnresolvedReferences, parse_documents
+from septum.model.resources import Repository
+from septum.sources.yamldoc import parse_yaml
+
+__all__ = ["load_repository", "repository_files"]
+
+_SUFFIXES = (".yaml", ".yml")
+
+
+def repository_files(path: Path) -> list[Path]:
+    """The YAML files of a repository, in load order. A file path is its own repository."""
+    if not path.is_dir():
+        return [path]
+    found: list[Path] = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        found.extend(
+            Path(root, name)
+            for name in files
+            if not name.startswith(".") and name.lower().endswith(_SUFFIXES)
+        )
+    return sorted(found, key=lambda p: p.relative_to(path).parts)
+
+
+def _decode(data: bytes, file: str) -> tuple[str, Problem | None]:
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        column = exc.start - (before.rfind(b"\n") + 1) + 1
+        return "", Problem(file, line, column, "the file is not valid UTF-8")
+
+
+def load_repository(path: Path) -> Repository:
+    """Read, validate and build the repository at ``path`` (a directory or one file).
+
+    Raises ValidationError with every problem of every file (never a partial repository).
+    When some file could not be read at all, checks of references between documents are
+    skipped: the missing definitions would only produce follow-on noise.
+    """
+    documents: list[SourceDocument] = []
+    problems: list[Problem] = []
+    complete = True  # every file read to its end
+    if not path.exists():
+        raise ValidationError([Problem(str(path), 1, 1, "no such file or directory")])
+    for file in repository_files(path):
+        name = str(file)
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            problems.append(Problem(name, 1, 1, f"cannot read: {exc.strerror or exc}"))
+            complete = False
+            continue
+        text, problem = _decode(data, name)
+        if problem is not None:
+            problems.append(problem)
+            complete = False
+            continue
+        parsed = parse_yaml(text, name)
+        documents.extend(parsed.documents)
+        problems.extend(parsed.problems)
+        complete = complete and parsed.complete
+    try:
+        repository = parse_documents(documents, check_references=complete)
+    except UnresolvedReferences as exc:
+        # Only when some file was not read: its problems are reported, these would be noise.
+        raise ValidationError(problems or exc.problems) from None
+    except ValidationError as exc:
+        raise ValidationError(problems + exc.problems) from None
+    if problems:
+        raise ValidationError(problems)
+    return repository
