@@ -1,0 +1,391 @@
+"""``septum`` command line: a thin front end. Each command parses its arguments, calls one
+library function and formats the result (Rich for people, ``--json`` for programs).
+
+Exit codes: 0 success; 1 the answer is "no" (a failing assertion, a denied flow with
+``--expect``); 2 bad input (validation errors, unknown names), reported without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from septum.errors import SeptumError, ValidationError
+from septum.model.resources import Repository
+
+app = typer.Typer(
+    name="septum",
+    help="Identity-based microsegmentation: policy as code, explained and compiled to nftables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+RepoArg = Annotated[Path, typer.Argument(help="Policy repository directory (or one file).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+AtOpt = Annotated[
+    str | None,
+    typer.Option("--at", help="Evaluation time (RFC 3339, with zone); default: now."),
+]
+
+
+# ------------------------------------------------------------------------------ plumbing
+
+
+def _fail(message: str, code: int = 2, *, as_json: bool = False, extra: Any = None) -> NoReturn:
+    if as_json:
+        print(json.dumps({"ok": False, "error": message, **(extra or {})}, indent=2))
+    else:
+        err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _reported(as_json: bool) -> Iterator[None]:
+    """Turn Septum's own errors into a clean message and exit code 2 (never a traceback)."""
+    try:
+        yield
+    except ValidationError as e:
+        problems = [
+            {"file": p.file, "line": p.line, "column": p.column, "message": p.message}
+            for p in e.problems
+        ]
+        if as_json:
+            _fail(f"{len(problems)} problem(s)", as_json=True, extra={"problems": problems})
+        for p in e.problems:
+            err.print(f"[bold]{p.file}:{p.line}:{p.column}[/]: [red]error:[/] {p.message}")
+        err.print(f"[red]{len(problems)} problem(s); nothing was changed.[/]")
+        raise typer.Exit(2) from None
+    except SeptumError as e:
+        _fail(str(e), as_json=as_json)
+    except OSError as e:
+        _fail(f"{e.filename or ''}: {e.strerror or e}", as_json=as_json)
+
+
+def _now(at: str | None) -> datetime:
+    if at is None:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        _fail(f"--at {at!r} is not an RFC 3339 time (e.g. 2026-11-25T12:00:00Z)")
+    if when.tzinfo is None:
+        _fail(f"--at {at!r} has no time zone (add Z or +01:00)")
+    return when
+
+
+def _load(path: Path) -> Repository:
+    from septum.sources.files import load_repository
+
+    if not path.exists():
+        raise SeptumError(f"{path}: no such file or directory")
+    return load_repository(path)
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+@app.command()
+def validate(repo: RepoArg, as_json: JsonOpt = False) -> None:
+    """Load and validate a policy repository; print what it holds."""
+    with _reported(as_json):
+        model = _load(repo)
+    counts = _counts(model)
+    if as_json:
+        _print_json({"ok": True, "counts": counts, "enforcers": list(model.enforcers())})
+        return
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    out.print(f"[green]valid[/]: {repo} ({summary}; {len(model.enforcers())} enforcers)")
+
+
+def _counts(model: Repository) -> dict[str, int]:
+    return {
+        "workloads": len(model.workloads),
+        "networks": len(model.networks),
+        "services": len(model.services),
+        "segments": len(model.segments),
+        "tiers": len(model.tiers),
+        "policies": len(model.policies),
+        "users": len(model.users),
+        "user_groups": len(model.user_groups),
+        "assertions": len(model.assertions),
+    }
+
+
+@app.command()
+def explain(
+    repo: RepoArg,
+    source: Annotated[str, typer.Argument(metavar="FROM", help="Workload name or address.")],
+    target: Annotated[str, typer.Argument(metavar="TO", help="Workload name or address.")],
+    port: Annotated[
+        str, typer.Argument(metavar="PORT/PROTO", help="443/tcp, tcp/443, udp/53 or icmp.")
+    ],
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why is a flow allowed or denied? The verdict with its causes."""
+    from septum.engine.explain import Flow
+    from septum.engine.explain import explain as explain_flow
+    from septum.engine.lookup import endpoint_address, parse_flow_port
+
+    when = _now(at)
+    with _reported(as_json):
+        model = _load(repo)
+        protocol, number = parse_flow_port(port)
+        flow = Flow(
+            endpoint_address(model, source, when),
+            endpoint_address(model, target, when),
+            protocol,
+            number,
+            when,
+        )
+        result = explain_flow(model, flow)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    _print_explanation(result)
+
+
+def _print_explanation(result: Any) -> None:
+    colour = "green" if result.verdict.value == "allow" else "red"
+    src = result.source.name or "unknown"
+    dst = result.destination.name or "unknown"
+    out.print(
+        f"[bold {colour}]{result.verdict.value.upper()}[/]  {result.flow.source} ({src}) → "
+        f"{result.flow.destination} ({dst}) {result.flow.protocol.value}/{result.flow.port}"
+    )
+    if not result.sides:
+        out.print(f"  {result.summary()}")
+    for side in result.sides:
+        out.print(f"  {side.describe()}")
+    if result.would_be_denied:
+        out.print("  [yellow]would be denied[/] (reported, not enforced under the mode)")
+    if result.staged_change is not None:
+        out.print(f"  [yellow]staged policies: {result.staged_change}[/]")
+
+
+@app.command("test")
+def run_tests(repo: RepoArg, at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """Run every Assertion (flow assertions and never/always invariants)."""
+    from septum.engine.assertions import run_assertions
+
+    when = _now(at)
+    with _reported(as_json):
+        model = _load(repo)
+        with _progress() as progress:
+            progress.add_task(f"checking {len(model.assertions)} assertions", total=None)
+            report = run_assertions(model, when)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_assertions(report)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def _print_assertions(report: Any) -> None:
+    table = Table("assertion", "kind", "result", "flows evaluated", title="Assertions")
+    for r in report.results:
+        result = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+        table.add_row(r.name, r.kind.value, result, str(r.flows_evaluated))
+    out.print(table)
+    for r in report.failures:
+        expected = f" (expected {r.expected.value})" if r.expected is not None else ""
+        out.print(f"[red]FAIL[/] {r.name}{expected}{': ' + r.error if r.error else ''}")
+        if r.counterexample is not None:
+            out.print("  counter-example:")
+            _print_explanation(r.counterexample.explanation)
+    passed = sum(r.passed for r in report.results)
+    out.print(f"{passed} passed, {len(report.results) - passed} failed")
+
+
+@app.command("compile")
+def compile_command(
+    repo: RepoArg,
+    enforcer: Annotated[str | None, typer.Option(help="Print this enforcer's nft script.")] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write every enforcer's script to DIR/<enforcer>.nft."),
+    ] = None,
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compile host rulesets to nft scripts (one atomic transaction per enforcer)."""
+    from septum.render.compile import compile_all, compile_enforcer
+
+    when = _now(at)
+    if (enforcer is None) == (out_dir is None):
+        _fail("give exactly one of --enforcer NAME or --out DIR", as_json=as_json)
+    with _reported(as_json):
+        model = _load(repo)
+        if enforcer is not None:
+            if enforcer not in model.enforcers():
+                known = ", ".join(model.enforcers()) or "none"
+                raise SeptumError(f"no enforcer {enforcer!r} (enforcers: {known})")
+            script = compile_enforcer(model, enforcer, when)
+            if as_json:
+                _print_json({"enforcer": enforcer, "script": script})
+            else:
+                sys.stdout.write(script)
+            return
+        assert out_dir is not None
+        with _progress() as progress:
+            progress.add_task(f"compiling {len(model.enforcers())} enforcers", total=None)
+            scripts = compile_all(model, when)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, script in scripts.items():
+            (out_dir / f"{name}.nft").write_text(script)
+    if as_json:
+        _print_json({"out": str(out_dir), "enforcers": {n: f"{n}.nft" for n in scripts}})
+    else:
+        out.print(f"wrote {len(scripts)} scripts to {out_dir}/")
+
+
+@app.command()
+def plan(
+    repo: RepoArg,
+    against: Annotated[Path, typer.Option(help="The repository as it was before the change.")],
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a change does: per enforcer, rules and set elements; assertion flows that change."""
+    from septum.engine.plan import plan_change
+
+    when = _now(at)
+    with _reported(as_json):
+        new, old = _load(repo), _load(against)
+        with _progress() as progress:
+            progress.add_task("planning", total=None)
+            result = plan_change(old, new, when)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    _print_plan(result)
+
+
+def _print_plan(result: Any) -> None:
+    table = Table("enforcer", "rules +", "rules -", "elements +", "elements -", title="Plan")
+    for e in result.enforcers:
+        table.add_row(
+            e.enforcer,
+            str(len(e.rules_added)),
+            str(len(e.rules_removed)),
+            str(e.elements_added),
+            str(e.elements_removed),
+        )
+    out.print(table if result.enforcers else "no enforcer changes")
+    for change in result.verdict_changes:
+        out.print(f"  verdict change: {change.describe()}")
+    if not result.verdict_changes:
+        out.print("no assertion flow changes its verdict")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of resource files (for editors' completion and checks)."""
+    from septum.model.schema import repository_json_schema
+
+    _print_json(repository_json_schema())
+
+
+@app.command()
+def demo(repo: RepoArg = Path("examples"), at: AtOpt = None) -> None:
+    """The main job on embedded defaults: validate, test, compile every enforcer, explain."""
+    from septum.engine.assertions import run_assertions
+    from septum.engine.explain import Evaluator, Flow
+    from septum.engine.lookup import endpoint_address
+    from septum.model.resources import FlowAssertion
+    from septum.render.compile import compile_all
+
+    when = _now(at)
+    with _reported(False):
+        model = _load(repo)
+        out.rule(f"[bold]Septum[/] on {repo}")
+        validate(repo)
+        report = run_assertions(model, when)
+        _print_assertions(report)
+        scripts = compile_all(model, when)
+        _print_compile_summary(model, scripts)
+        evaluator = Evaluator(model)
+        out.rule("explained flows")
+        shown = 0
+        for assertion in model.assertions:
+            check = assertion.check
+            if isinstance(check, FlowAssertion) and shown < 4:
+                flow = Flow(
+                    endpoint_address(model, check.source, check.at or when),
+                    endpoint_address(model, check.target, check.at or when),
+                    _protocol(check),
+                    check.service.ports.first,
+                    check.at or when,
+                )
+                out.print(f"[bold]{check.source} → {check.target} {check.service}[/]")
+                _print_explanation(evaluator.explain(flow))
+                shown += 1
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def _protocol(check: Any) -> Any:
+    assert check.service.protocol is not None
+    return check.service.protocol
+
+
+def _print_compile_summary(model: Repository, scripts: dict[str, str]) -> None:
+    nft = shutil.which("nft") or ("/usr/sbin/nft" if Path("/usr/sbin/nft").exists() else None)
+    table = Table(
+        "enforcer", "workloads", "rules", "sets", "bytes", "nft -c", title="Compiled host rulesets"
+    )
+    for name, script in scripts.items():
+        local = sum(1 for w in model.workloads if w.enforcer == name)
+        rules = sum(1 for line in script.splitlines() if "comment" in line)
+        sets = sum(1 for line in script.splitlines() if line.strip().startswith("set "))
+        table.add_row(
+            name, str(local), str(rules), str(sets), str(len(script)), _nft_check(nft, script)
+        )
+    out.print(table)
+
+
+def _nft_check(nft: str | None, script: str) -> str:
+    """Check-mode load (``nft -c``): changes nothing in the kernel."""
+    if nft is None:
+        return "[dim]nft not installed[/]"
+    done = subprocess.run(
+        [nft, "-c", "-f", "-"], input=script, text=True, capture_output=True, check=False
+    )
+    return "[green]ok[/]" if done.returncode == 0 else f"[red]{done.stderr.strip()[:60]}[/]"
+
+
+def main() -> Callable[[], Any]:  # pragma: no cover - console-script indirection
+    return app
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
