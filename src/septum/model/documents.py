@@ -1,4 +1,4 @@
-"""The shape of each policy document, as written (``docs/policy-language.md``).
+"""The shape of each policy document, as written (the README's policy language reference).
 
 These pydantic models are the first lowering stage (``PolicyDocument`` → ``Policy`` → …): they
 check structure only (which fields exist, their types, enumerated values, names), and they

@@ -1,6 +1,6 @@
 """A policy repository on disk → the validated model. The only module here that reads files.
 
-File order is the sorted path order of ``docs/policy-language.md`` (directories walked in
+File order is the sorted path order of the README's policy language reference (directories walked in
 sorted order; names starting with ``.`` skipped), so "the second definition" of a duplicate
 name means the same thing on every machine. Paths in problems are the given path joined with
 the file's path below it (``examples/policies/web.yaml`` when called with ``examples``), which
