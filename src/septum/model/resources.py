@@ -300,7 +300,7 @@ class UserGroup:
 
     name: str
     members: tuple[str, ...]
-    labels: Mapping[str, str] = EMPTY_LABELS
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     description: str | None = None
     origin: Origin | None = field(default=None, compare=False)
 

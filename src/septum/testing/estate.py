@@ -27,8 +27,8 @@ Address plan (:data:`ADDRESS_PLAN`)::
     2001:db8:0:<enforcer>::/64   workloads' IPv6;  2001:db8:ffff::/48 free
 
 :func:`estate_documents` turns any Repository back into resource dicts in the syntax of
-the README's policy language reference (and :func:`estate_yaml` into YAML text) so that benchmarks can
-measure parsing too; loading that text gives an equal Repository. :func:`label_changes` and
+the README's policy language reference (and :func:`estate_yaml` into YAML text) so that
+benchmarks can measure parsing too; loading that text gives an equal Repository. :func:`label_changes` and
 :func:`address_changes` produce sequences of single-workload changes for the incremental
 benchmarks; :func:`apply_changes` applies them to a Repository (the full-recompute reference).
 
@@ -842,7 +842,7 @@ def _doc(kind: str, name: str, spec: dict[str, Any], **metadata: Any) -> dict[st
 
 
 def estate_documents(repo: Repository) -> list[dict[str, Any]]:
-    """Every resource of ``repo`` as a YAML-ready dict in the syntax of the README's policy language reference.
+    """Every resource of ``repo`` as a YAML-ready dict, in the README's policy language.
 
     Loading the dumped documents gives a Repository equal to ``repo`` (origins aside), for
     any repository the parser could have produced. Cost: linear in the repository's size.
