@@ -28,9 +28,10 @@ Address plan (:data:`ADDRESS_PLAN`)::
 
 :func:`estate_documents` turns any Repository back into resource dicts in the syntax of
 the README's policy language reference (and :func:`estate_yaml` into YAML text) so that
-benchmarks can measure parsing too; loading that text gives an equal Repository. :func:`label_changes` and
-:func:`address_changes` produce sequences of single-workload changes for the incremental
-benchmarks; :func:`apply_changes` applies them to a Repository (the full-recompute reference).
+benchmarks can measure parsing too; loading that text gives an equal Repository.
+:func:`label_changes` and :func:`address_changes` produce sequences of single-workload changes
+for the incremental benchmarks; :func:`apply_changes` applies them to a Repository (the
+full-recompute reference).
 
 Everything here is pure: no I/O, no clock, randomness only from ``random.Random(seed)``.
 """
