@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.conftest import EXAMPLES, EXAMPLES_AT
 
 from septum.render.compile import compile_all
 from septum.sources.files import load_repository
-from tests.conftest import EXAMPLES, EXAMPLES_AT
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "examples"
 SCRIPTS = compile_all(load_repository(EXAMPLES), EXAMPLES_AT)
