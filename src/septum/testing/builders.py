@@ -37,6 +37,7 @@ from typing import Protocol as _Protocol
 from typing import TypeVar
 
 from septum.engine.explain import Flow
+from septum.model.parse import parse_service_port
 from septum.model.resources import (
     KIND_LABEL,
     NAME_LABEL,
@@ -53,8 +54,6 @@ from septum.model.resources import (
     PeerKind,
     Policy,
     PolicyMode,
-    PortRange,
-    Protocol,
     Repository,
     RepositoryDefault,
     Rule,
@@ -213,15 +212,9 @@ def user(
 
 
 def parse_port(text: str) -> ServicePort:
-    """``tcp/443``, ``udp/8000-8099``, ``tcp`` (every port), ``icmp``, ``icmpv6``, ``any``."""
-    if text == "any":
-        return ServicePort(None)
-    proto_text, _, ports = text.partition("/")
-    protocol = Protocol(proto_text)
-    if not ports:
-        return ServicePort(protocol)
-    first, _, last = ports.partition("-")
-    return ServicePort(protocol, PortRange(int(first), int(last or first)))
+    """``tcp/443``, ``udp/8000-8099``, ``tcp`` (every port), ``icmp``, ``icmpv6``, ``any``:
+    the parser's own validated reading, so builders and documents cannot disagree."""
+    return parse_service_port(text)
 
 
 def service(name: str, *ports: str) -> Service:

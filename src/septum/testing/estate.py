@@ -49,6 +49,7 @@ from typing import Any, Final
 
 import yaml
 
+from septum.model.parse import parse_service_port
 from septum.model.resources import (
     KIND_LABEL,
     NAME_LABEL,
@@ -67,8 +68,6 @@ from septum.model.resources import (
     PeerKind,
     Policy,
     PolicyMode,
-    PortRange,
-    Protocol,
     Repository,
     Rule,
     Segment,
@@ -161,16 +160,8 @@ def _ar(app: str, role: str, env: str | None = None) -> Selector:
 
 
 def _port(text: str) -> ServicePort:
-    """``tcp/443``, ``udp/8000-8099``, ``tcp``, ``icmp``, ``any`` (generator-internal: the
-    texts are ours, so no validation)."""
-    if text == "any":
-        return ServicePort(None)
-    proto, _, ports = text.partition("/")
-    protocol = Protocol(proto)
-    if not ports:
-        return ServicePort(protocol)
-    first, _, last = ports.partition("-")
-    return ServicePort(protocol, PortRange(int(first), int(last or first)))
+    """``tcp/443``, ``udp/8000-8099``, ``tcp``, ``icmp``, ``any``: the parser's reading."""
+    return parse_service_port(text)
 
 
 def _sel_peer(selector: Selector) -> Peer:
