@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import enum
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from septum.engine.attribution import Attributor, Endpoint, EndpointKind
+from septum.engine.label_index import LabelIndex
 from septum.model.resources import (
     Action,
     Direction,
@@ -52,6 +54,7 @@ from septum.model.resources import (
     TierDefault,
     Workload,
 )
+from septum.model.selector import Selector
 
 __all__ = [
     "DecidedBy",
@@ -347,6 +350,8 @@ _SideKey = tuple[str, Direction, IPAddress, EndpointKind, str | None, Protocol, 
 
 #: Beyond this many memoized side decisions the memo is cleared (bounds memory on scans).
 _SIDE_MEMO_LIMIT = 1 << 18
+#: plans computed by matching selectors directly before a label index pays for itself
+_INDEX_AFTER = 64
 
 #: Beyond this many cached per-service plans the cache is cleared (bounds memory on scans).
 _SERVICE_PLAN_CACHE_LIMIT = 1 << 16
@@ -375,6 +380,8 @@ class Evaluator:
         "_default",
         "_expiries",
         "_failsafe",
+        "_index",
+        "_plan_misses",
         "_plans",
         "_service_plans",
         "_sides",
@@ -436,6 +443,8 @@ class Evaluator:
             )
         )
         self._sides: dict[_SideKey, tuple[SideDecision, SideDecision]] = {}
+        self._index: LabelIndex | None = None
+        self._plan_misses = 0
 
     @property
     def attributor(self) -> Attributor:
@@ -564,7 +573,7 @@ class Evaluator:
         cached = self._plans.get(key)
         if cached is not None:
             return cached
-        labels = workload.labels
+        applies = self._applies(workload)
         enforced: list[_TierPlan] = []
         staged: list[_TierPlan] = []
         any_staged = False
@@ -572,7 +581,7 @@ class Evaluator:
             with_staged: list[tuple[Policy, tuple[Rule, ...]]] = []
             without: list[tuple[Policy, tuple[Rule, ...]]] = []
             for p in self._tier_policies[tier.name][direction]:
-                if not p.applies_to.matches(labels):
+                if not applies(p.applies_to):
                     continue
                 rules = p.rules(direction)
                 assert rules is not None  # filtered in __init__
@@ -586,6 +595,30 @@ class Evaluator:
         result = (tuple(enforced), tuple(staged) if any_staged else None)
         self._plans[key] = result
         return result
+
+    def _applies(self, workload: Workload) -> Callable[[Selector], bool]:
+        """Which appliesTo selectors select ``workload``.
+
+        The first plans test each selector against the labels (O(policies) per workload).
+        Past ``_INDEX_AFTER`` plans — many distinct workloads, as in invariant checks — one
+        label index over every workload answers instead (built once by set algebra, then
+        O(1) per selector), which is what keeps a 10k-workload estate fast.
+        """
+        self._plan_misses += 1
+        if self._index is None and self._plan_misses > _INDEX_AFTER:
+            index = LabelIndex()
+            for w in self.repo.workloads:
+                index.upsert_endpoint(w.name, w.labels)
+            for tier_policies in self._tier_policies.values():
+                for policies in tier_policies.values():
+                    for p in policies:
+                        index.add_selector(p.applies_to)
+            self._index = index
+        if self._index is None or self._index.labels(workload.name) != workload.labels:
+            labels = workload.labels
+            return lambda selector: selector.matches(labels)
+        chosen = self._index.selectors_of(workload.name)
+        return lambda selector: selector.is_all or selector in chosen
 
     def _for_service(
         self, plan: _Plan, workload: Workload, direction: Direction, staged: bool, flow: Flow
