@@ -168,3 +168,17 @@ def test_bad_file_json_errors() -> None:
 
 def test_corpus_is_big_enough() -> None:
     assert len(BAD) >= 30
+
+
+def test_demo_runs_the_main_job() -> None:
+    code, output = run("demo", EXAMPLES, *AT)
+    assert code == 0, output
+    assert "Compiled host rulesets" in output
+    assert "explained flows" in output
+    code, output = run("demo", EXAMPLES, *AT, "--json")
+    assert code == 0
+    data = json.loads(output)
+    assert data["assertions"]["passed"] is True
+    assert len(data["enforcers"]) == len(set(e["enforcer"] for e in data["enforcers"])) >= 10
+    assert all(e["rules"] > 0 for e in data["enforcers"])
+    assert {e["verdict"] for e in data["explained"]} <= {"allow", "deny"}

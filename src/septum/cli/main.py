@@ -11,7 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+# Piped output keeps whole names (Rich would otherwise assume 80 columns and truncate).
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 RepoArg = Annotated[Path, typer.Argument(help="Policy repository directory (or one file).")]
@@ -317,74 +318,79 @@ def schema() -> None:
 
 
 @app.command()
-def demo(repo: RepoArg = Path("examples"), at: AtOpt = None) -> None:
+def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = False) -> None:
     """The main job on embedded defaults: validate, test, compile every enforcer, explain."""
     from septum.engine.assertions import run_assertions
-    from septum.engine.explain import Evaluator, Flow
-    from septum.engine.lookup import endpoint_address
+    from septum.engine.explain import Evaluator
+    from septum.engine.lookup import assertion_flow
+    from septum.engine.resolve import resolve_policy
     from septum.model.resources import FlowAssertion
-    from septum.render.compile import compile_all
+    from septum.render.compile import build_all
+    from septum.render.nft import render_nft
 
     when = _now(at)
-    with _reported(False):
+    with _reported(as_json):
         model = _load(repo)
-        out.rule(f"[bold]Septum[/] on {repo}")
-        validate(repo)
-        report = run_assertions(model, when)
-        _print_assertions(report)
-        scripts = compile_all(model, when)
-        _print_compile_summary(model, scripts)
+        with _progress() as progress:
+            progress.add_task("testing and compiling", total=None)
+            report = run_assertions(model, when)
+            rulesets = build_all(resolve_policy(model, when), model.enforcers())
         evaluator = Evaluator(model)
-        out.rule("explained flows")
-        shown = 0
-        for assertion in model.assertions:
-            check = assertion.check
-            if isinstance(check, FlowAssertion) and shown < 4:
-                flow = Flow(
-                    endpoint_address(model, check.source, check.at or when),
-                    endpoint_address(model, check.target, check.at or when),
-                    _protocol(check),
-                    check.service.ports.first,
-                    check.at or when,
-                )
-                out.print(f"[bold]{check.source} → {check.target} {check.service}[/]")
-                _print_explanation(evaluator.explain(flow))
-                shown += 1
-    raise typer.Exit(0 if report.passed else 1)
-
-
-def _protocol(check: Any) -> Any:
-    assert check.service.protocol is not None
-    return check.service.protocol
-
-
-def _print_compile_summary(model: Repository, scripts: dict[str, str]) -> None:
+        flows = [
+            assertion_flow(model, a.check, when)
+            for a in model.assertions
+            if isinstance(a.check, FlowAssertion)
+        ][:4]
+        explained = [evaluator.explain(f) for f in flows]
     nft = shutil.which("nft") or ("/usr/sbin/nft" if Path("/usr/sbin/nft").exists() else None)
-    table = Table(
-        "enforcer", "workloads", "rules", "sets", "bytes", "nft -c", title="Compiled host rulesets"
-    )
-    for name, script in scripts.items():
-        local = sum(1 for w in model.workloads if w.enforcer == name)
-        rules = sum(1 for line in script.splitlines() if "comment" in line)
-        sets = sum(1 for line in script.splitlines() if line.strip().startswith("set "))
-        table.add_row(
-            name, str(local), str(rules), str(sets), str(len(script)), _nft_check(nft, script)
+    enforcers = [
+        {
+            "enforcer": name,
+            "workloads": sum(1 for w in model.workloads if w.enforcer == name),
+            "chains": len(rs.chains),
+            "rules": sum(len(c.rules) for c in rs.chains),
+            "sets": len(rs.sets),
+            "elements": sum(len(s.elements) for s in rs.sets),
+            "bytes": len(script := render_nft(rs)),
+            "nft_check": _nft_check(nft, script),
+        }
+        for name, rs in rulesets.items()
+    ]
+    if as_json:
+        _print_json(
+            {
+                "repository": str(repo),
+                "counts": _counts(model),
+                "assertions": report.to_json(),
+                "enforcers": enforcers,
+                "explained": [e.to_json() for e in explained],
+            }
         )
+        raise typer.Exit(0 if report.passed else 1)
+    out.rule(f"[bold]Septum[/] on {repo}")
+    validate(repo)
+    _print_assertions(report)
+    table = Table(
+        *enforcers[0].keys() if enforcers else ["enforcer"],
+        title="Compiled host rulesets (one atomic nft transaction each)",
+    )
+    for row in enforcers:
+        table.add_row(*(str(v) for v in row.values()))
     out.print(table)
+    out.rule("explained flows")
+    for e in explained:
+        _print_explanation(e)
+    raise typer.Exit(0 if report.passed else 1)
 
 
 def _nft_check(nft: str | None, script: str) -> str:
     """Check-mode load (``nft -c``): changes nothing in the kernel."""
     if nft is None:
-        return "[dim]nft not installed[/]"
+        return "nft not installed"
     done = subprocess.run(
         [nft, "-c", "-f", "-"], input=script, text=True, capture_output=True, check=False
     )
-    return "[green]ok[/]" if done.returncode == 0 else f"[red]{done.stderr.strip()[:60]}[/]"
-
-
-def main() -> Callable[[], Any]:  # pragma: no cover - console-script indirection
-    return app
+    return "ok" if done.returncode == 0 else done.stderr.strip().splitlines()[0][:80]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,10 +6,11 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime
 
+from septum.engine.explain import Flow
 from septum.errors import LookupFailed
-from septum.model.resources import IPAddress, Protocol, Repository
+from septum.model.resources import FlowAssertion, IPAddress, Protocol, Repository
 
-__all__ = ["endpoint_address", "parse_flow_port"]
+__all__ = ["assertion_flow", "endpoint_address", "parse_flow_port"]
 
 
 def endpoint_address(repo: Repository, ref: str, at: datetime) -> IPAddress:
@@ -52,3 +53,18 @@ def parse_flow_port(text: str) -> tuple[Protocol, int]:
     if port_text is None or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise LookupFailed(f"{text!r} needs one port 0..65535, e.g. {protocol.value}/443")
     return protocol, int(port_text)
+
+
+def assertion_flow(repo: Repository, check: FlowAssertion, at: datetime) -> Flow:
+    """The concrete flow a flow assertion names, at ``check.at`` or else ``at``."""
+    when = check.at or at
+    protocol = check.service.protocol
+    if protocol is None:
+        raise LookupFailed("a flow needs one protocol, not 'any'")
+    return Flow(
+        endpoint_address(repo, check.source, when),
+        endpoint_address(repo, check.target, when),
+        protocol,
+        check.service.ports.first,
+        when,
+    )

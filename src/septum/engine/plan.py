@@ -12,12 +12,13 @@ Pure: both repositories and the time come in as arguments.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 
 from septum.engine.assertions import run_assertions
 from septum.engine.explain import Evaluator, Explanation, Flow
-from septum.engine.lookup import endpoint_address
+from septum.engine.lookup import assertion_flow
 from septum.engine.resolve import resolve_policy
 from septum.errors import LookupFailed
 from septum.model.resources import FlowAssertion, Repository
@@ -166,23 +167,6 @@ def _enforcer_plan(
     return EnforcerPlan(name, status, rules_added, rules_removed, added, removed)
 
 
-def _flow_of(repo: Repository, check: FlowAssertion, at: datetime) -> Flow | None:
-    when = check.at or at
-    protocol = check.service.protocol
-    if protocol is None:
-        return None
-    try:
-        return Flow(
-            endpoint_address(repo, check.source, when),
-            endpoint_address(repo, check.target, when),
-            protocol,
-            check.service.ports.first,
-            when,
-        )
-    except LookupFailed:
-        return None
-
-
 def _verdict_changes(old: Repository, new: Repository, at: datetime) -> tuple[VerdictChange, ...]:
     old_eval, new_eval = Evaluator(old), Evaluator(new)
     changes: list[VerdictChange] = []
@@ -190,9 +174,8 @@ def _verdict_changes(old: Repository, new: Repository, at: datetime) -> tuple[Ve
     for repo in (new, old):  # the new repository's flow wins when both define the name
         for a in repo.assertions:
             if isinstance(a.check, FlowAssertion) and a.name not in flows:
-                flow = _flow_of(repo, a.check, at)
-                if flow is not None:
-                    flows[a.name] = flow
+                with suppress(LookupFailed):  # e.g. a workload the other side lacks
+                    flows[a.name] = assertion_flow(repo, a.check, at)
     for name in sorted(flows):
         flow = flows[name]
         before, after = old_eval.explain(flow), new_eval.explain(flow)
