@@ -48,6 +48,10 @@ class LabelIndex:
         self._refs: dict[Selector, int] = {}
         self._readers: defaultdict[str, set[Selector]] = defaultdict(set)  # key → selectors
         self._selected_by: defaultdict[str, set[Selector]] = defaultdict(set)  # reverse index
+        # Finer readers, so that a label change re-tests only selectors with an atom whose
+        # truth can change: ``k == v``/``!=``/``in``/``not in`` by (key, value); ``has(k)``
+        # by key (presence changes only); other operators by key.
+        self._atom_readers: defaultdict[tuple[str, str, str], set[Selector]] = defaultdict(set)
 
     # ---------------------------------------------------------------- queries
 
@@ -58,6 +62,11 @@ class LabelIndex:
     def selectors_of(self, endpoint: str) -> frozenset[Selector]:
         """The registered selectors that select ``endpoint``."""
         return frozenset(self._selected_by.get(endpoint, ()))
+
+    def selects(self, selector: Selector, endpoint: str) -> bool:
+        """Whether ``selector`` (registered) currently selects ``endpoint``. Cost: O(1)."""
+        found = self._selected_by.get(endpoint)
+        return found is not None and selector in found
 
     def labels(self, endpoint: str) -> Mapping[str, str] | None:
         return self._labels.get(endpoint)
@@ -87,6 +96,8 @@ class LabelIndex:
             self._readers[key].add(selector)
         if not selector.keys:
             self._readers[""].add(selector)  # all(): re-tested only when endpoints come/go
+        for atom in self._atoms(selector.expr):
+            self._atom_readers[atom].add(selector)
         for endpoint in members:
             self._selected_by[endpoint].add(selector)
         return frozenset(members)
@@ -101,6 +112,8 @@ class LabelIndex:
             self._selected_by[endpoint].discard(selector)
         for key in selector.keys or ("",):
             self._readers[key].discard(selector)
+        for atom in self._atoms(selector.expr):
+            self._atom_readers[atom].discard(selector)
 
     # ---------------------------------------------------------------- endpoints
 
@@ -108,7 +121,8 @@ class LabelIndex:
         """Add an endpoint or replace its labels; returns the membership changes.
 
         Cost: a new endpoint is tested against every selector; a changed one only against the
-        selectors that read a key whose value changed.
+        selectors with an atom whose truth can change (``k == v``, ``in`` ... reading the old
+        or new value of a changed key; ``has(k)`` when k comes or goes; other operators on k).
         """
         old = self._labels.get(endpoint)
         labels = dict(labels)
@@ -119,8 +133,16 @@ class LabelIndex:
             if not changed:
                 return {}
             found: set[Selector] = set()
+            readers = self._atom_readers
             for key in changed:
-                found |= self._readers.get(key, set())
+                was, now_value = old.get(key), labels.get(key)
+                if was is not None:
+                    found.update(readers.get(("value", key, was), ()))
+                if now_value is not None:
+                    found.update(readers.get(("value", key, now_value), ()))
+                if (was is None) != (now_value is None):
+                    found.update(readers.get(("has", key, ""), ()))
+                found.update(readers.get(("other", key, ""), ()))
             candidates = found
             self._unpost(endpoint, old)
         self._labels[endpoint] = labels
@@ -165,6 +187,28 @@ class LabelIndex:
         }
 
     # ---------------------------------------------------------------- internals
+
+    @staticmethod
+    def _atoms(expr: Expr) -> list[tuple[str, str, str]]:
+        """The finer reader keys of every atom of ``expr`` (see ``_atom_readers``)."""
+        out: list[tuple[str, str, str]] = []
+
+        def walk(e: Expr) -> None:
+            match e:
+                case Has(key):
+                    out.append(("has", key, ""))
+                case Compare(key, Op.EQ | Op.NE | Op.IN | Op.NOT_IN, values):
+                    out.extend(("value", key, v) for v in values)
+                case Compare(key, _, _):
+                    out.append(("other", key, ""))
+                case Not(operand):
+                    walk(operand)
+                case And(operands) | Or(operands):
+                    for o in operands:
+                        walk(o)
+
+        walk(expr)
+        return out
 
     def _unpost(self, endpoint: str, labels: Mapping[str, str]) -> None:
         for key, value in labels.items():

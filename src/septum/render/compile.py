@@ -25,7 +25,7 @@ from septum.render.hostruleset import (
     build_host_ruleset,
     diff_rulesets,
 )
-from septum.render.nft import render_nft, render_set_delta
+from septum.render.nft import render_all, render_nft, render_set_delta
 
 __all__ = [
     "build_all",
@@ -58,7 +58,7 @@ def compile_all(
     Selector memberships are computed once and shared by all enforcers.
     """
     rulesets = build_all(resolve_policy(repo, at), repo.enforcers(), settings)
-    return {e: render_nft(rs) for e, rs in rulesets.items()}
+    return render_all(rulesets.values())
 
 
 def compile_delta(

@@ -116,9 +116,17 @@ __all__ = [
     "SetType",
     "Verdict",
     "VerdictMap",
+    "WorkloadChains",
     "apply_delta",
+    "attributed_set_name",
     "build_host_ruleset",
+    "build_workload_chains",
     "diff_rulesets",
+    "dispatch_map_name",
+    "element_sort_key",
+    "selector_set_name",
+    "workload_chain_name",
+    "workloads_set_name",
 ]
 
 # ------------------------------------------------------------------------------- data
@@ -440,7 +448,35 @@ _REMOTE = {Direction.INGRESS: AddrField.SADDR, Direction.EGRESS: AddrField.DADDR
 
 
 def workload_chain_name(workload: str, direction: Direction) -> str:
+    """The chain of one local workload and direction."""
     return f"w_{_readable(workload, 24)}_{_short_hash('w:' + workload, 6)}_{_DIR_SUFFIX[direction]}"
+
+
+def selector_set_name(text: str, family: Family) -> str:
+    """The set of the addresses of the workloads a selector (canonical ``text``) selects.
+
+    Shared by name by every enforcer whose rules use the selector."""
+    return f"s_{_readable(text, 20)}_{_short_hash('sel:' + text)}_v{_vsuffix(family)}"
+
+
+def attributed_set_name(family: Family) -> str:
+    """The set of every address held by a workload or a user session."""
+    return f"attributed_v{_vsuffix(family)}"
+
+
+def workloads_set_name(family: Family) -> str:
+    """The set of every workload address (``cidrMatchesWorkloads: false``)."""
+    return f"workloads_v{_vsuffix(family)}"
+
+
+def dispatch_map_name(direction: Direction, family: Family) -> str:
+    """The verdict map from a local workload's address to its chain for ``direction``."""
+    return f"{direction.value}_v{_vsuffix(family)}"
+
+
+def element_sort_key(e: Element) -> tuple[int, int, int, str]:
+    """The order of elements in sets, maps and deltas."""
+    return _sort_key(e)
 
 
 def _family_ranges(a: AddressSet, family: Family) -> tuple[IPNetwork, ...]:
@@ -496,9 +532,19 @@ class RuleCache:
         default_factory=dict
     )
     _has_deny: dict[tuple[str, Direction], bool] = field(default_factory=dict)
+    _by_app: dict[
+        tuple[int, str, str],
+        tuple[TierApplication, tuple[Chain, tuple[_SetDecl, ...]] | None],
+    ] = field(default_factory=dict)
+    _named: dict[str, NamedSet] = field(default_factory=dict)
     _defaults: dict[tuple[Direction, _DenyStyle | None], tuple[NftRule, ...]] = field(
         default_factory=dict
     )
+
+    def tier_chain_sets(self) -> dict[str, tuple[str, ...]]:
+        """The sets each tier chain built so far declares, by chain name. A tier chain
+        declares the sets of its rules' peers (a superset of those its rules reference)."""
+        return {c.name: tuple(s.name for s in sets) for c, sets in self._tier_chains.values()}
 
 
 def _comment_text(text: str) -> str:
@@ -511,7 +557,8 @@ class _Builder:
         self.resolved = cache.resolved
         self.settings = settings
         self.sets: dict[str, _SetDecl] = {}
-        self.tier_chains: dict[tuple[object, ...], Chain] = {}
+        self.tier_chains: dict[str, Chain] = {}  # by name
+        self.tier_chain_sets: dict[str, tuple[str, ...]] = {}  # chain name → sets it declares
         self._pending: list[_SetDecl] = []
         self._chain_sets: dict[str, _SetDecl] = {}
         self._jumps: dict[str, NftRule] = {}
@@ -523,7 +570,7 @@ class _Builder:
         base = f"s_{_readable(text, 20)}_{_short_hash('sel:' + text)}"
         v = _vsuffix(family)
         wl = _SetDecl(
-            f"{base}_v{v}",
+            selector_set_name(text, family),
             family,
             False,
             _family_ranges(rs.addresses.workloads, family),
@@ -541,9 +588,8 @@ class _Builder:
         return out
 
     def _attributed(self, family: Family) -> _SetDecl:
-        v = _vsuffix(family)
         return _SetDecl(
-            f"attributed_v{v}",
+            attributed_set_name(family),
             family,
             False,
             _family_ranges(self.resolved.attributed_addresses, family),
@@ -615,9 +661,8 @@ class _Builder:
                     continue
                 alt: tuple[Match, ...] = (AddrMatch(fam, AddrField.SADDR, ranges=r),)
                 if not self.resolved.settings.cidr_matches_workloads:
-                    v = _vsuffix(fam)
                     excl = _SetDecl(
-                        f"workloads_v{v}",
+                        workloads_set_name(fam),
                         fam,
                         False,
                         _family_ranges(self.resolved.workload_addresses, fam),
@@ -712,6 +757,28 @@ class _Builder:
 
     def tier_chain(self, app: TierApplication, direction: Direction, mode: Mode) -> Chain | None:
         """The (shared) chain of one tier for the given applicable policies and mode class."""
+        # Resolve interns TierApplications, so most calls are one memo hit by identity (the
+        # memo holds the application, so its id cannot be reused while it is there).
+        ident = (id(app), direction.value, mode.value)
+        memo = self.cache._by_app.get(ident)
+        if memo is not None and memo[0] is app:
+            shared = memo[1]
+        else:
+            shared = self._shared_tier_chain(app, direction, mode)
+            self.cache._by_app[ident] = (app, shared)
+        if shared is None:
+            return None
+        chain, sets = shared
+        if chain.name not in self.tier_chains:
+            for s in sets:
+                self.sets.setdefault(s.name, s)
+            self.tier_chains[chain.name] = chain
+            self.tier_chain_sets[chain.name] = tuple(s.name for s in sets)
+        return chain
+
+    def _shared_tier_chain(
+        self, app: TierApplication, direction: Direction, mode: Mode
+    ) -> tuple[Chain, tuple[_SetDecl, ...]] | None:
         policies = app.enforced()
         if not policies:
             return None
@@ -721,9 +788,6 @@ class _Builder:
         has_deny = any(self._policy_has_deny(p, direction) for p in policies)
         explicit_key = explicit if has_deny else None
         key = (direction, app.tier.name, tuple(p.name for p in policies), explicit_key, default_key)
-        local = self.tier_chains.get(key)
-        if local is not None:
-            return local
         shared = self.cache._tier_chains.get(key)
         if shared is None:
             self._chain_sets = {}
@@ -744,11 +808,7 @@ class _Builder:
             )
             shared = (chain, tuple(self._chain_sets.values()))
             self.cache._tier_chains[key] = shared
-        chain, sets = shared
-        for s in sets:
-            self.sets.setdefault(s.name, s)
-        self.tier_chains[key] = chain
-        return chain
+        return shared
 
     def _default_rules(self, direction: Direction, mode: Mode) -> tuple[NftRule, ...]:
         """The repository default at the end of every workload chain (shared)."""
@@ -921,7 +981,7 @@ def build_host_ruleset(
         (Direction.INGRESS, in_rules, AddrField.DADDR),
     ):
         for fam in FAMILIES:
-            name = f"{d.value}_v{_vsuffix(fam)}"
+            name = dispatch_map_name(d, fam)
             maps.append(
                 VerdictMap(
                     name,
@@ -954,16 +1014,7 @@ def build_host_ruleset(
         *sorted(workload_chains, key=lambda c: c.name),
         *sorted(b.tier_chains.values(), key=lambda c: c.name),
     ]
-    sets = tuple(
-        NamedSet(
-            s.name,
-            _stype(s.family),
-            s.interval,
-            s.elements,
-            comment=_comment_text(s.comment),
-        )
-        for s in sorted(b.sets.values(), key=lambda s: s.name)
-    )
+    sets = tuple(_named_set(cache, s) for s in sorted(b.sets.values(), key=lambda s: s.name))
     return HostRuleset(
         enforcer=enforcer,
         at=resolved.at,
@@ -971,6 +1022,43 @@ def build_host_ruleset(
         sets=sets,
         maps=tuple(sorted(maps, key=lambda m: m.name)),
         table=settings.table,
+    )
+
+
+def _named_set(cache: RuleCache, s: _SetDecl) -> NamedSet:
+    """One NamedSet object per set name and resolved policy, shared by every enforcer."""
+    hit = cache._named.get(s.name)
+    if hit is not None:
+        return hit
+    hit = cache._named[s.name] = NamedSet(
+        s.name, _stype(s.family), s.interval, s.elements, comment=_comment_text(s.comment)
+    )
+    return hit
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadChains:
+    """The chains of one local workload, as :func:`build_host_ruleset` builds them, with the
+    tier chains they jump to and the sets those reference (elements as of the resolve)."""
+
+    chains: Mapping[Direction, Chain]
+    tier_chains: Mapping[str, Chain]  # by name
+    tier_chain_sets: Mapping[str, tuple[str, ...]]  # tier chain name → the sets it declares
+    sets: Mapping[str, NamedSet]  # by name
+
+
+def build_workload_chains(
+    cache: RuleCache, workload: LocalWorkload, settings: NftSettings | None = None
+) -> WorkloadChains:
+    """Only ``workload``'s chains (for incremental updates). Cost: O(its applicable rules),
+    mostly memo hits in ``cache``."""
+    b = _Builder(cache, settings or cache.settings)
+    chains = {d: b.workload_chain(workload, d) for d in Direction}
+    return WorkloadChains(
+        chains,
+        {c.name: c for c in b.tier_chains.values()},
+        dict(b.tier_chain_sets),
+        {name: _named_set(cache, s) for name, s in b.sets.items()},
     )
 
 

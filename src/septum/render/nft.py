@@ -17,7 +17,7 @@ comments and log prefixes have ``"`` replaced and are truncated to nft's limits.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from septum.errors import RenderError
 from septum.model.resources import IPNetwork, Protocol
@@ -40,7 +40,17 @@ from septum.render.hostruleset import (
     VerdictMap,
 )
 
-__all__ = ["render_nft", "render_set_delta", "rules_text"]
+__all__ = [
+    "RenderCache",
+    "element_text",
+    "render_all",
+    "render_declarations",
+    "render_element_delta",
+    "render_nft",
+    "render_rule",
+    "render_set_delta",
+    "rules_text",
+]
 
 _PROTO = {
     Protocol.TCP: "tcp",
@@ -65,6 +75,11 @@ def _element(e: Element, *, key_only: bool = False) -> str:
     if isinstance(e, MapElement):
         return _net(e.key) if key_only else f"{_net(e.key)} : goto {e.chain}"
     return _net(e)
+
+
+def element_text(e: Element) -> str:
+    """One set or map element as nft writes it in an ``elements = { ... }`` block."""
+    return _element(e)
 
 
 def _match(m: Match) -> str:
@@ -110,23 +125,64 @@ def _rule(r: NftRule) -> str:
     return " ".join(parts)
 
 
+def render_rule(r: NftRule) -> str:
+    """One rule as the text after ``add rule <family> <table> <chain>``."""
+    return _rule(r)
+
+
 def _elements_block(items: list[str], indent: str) -> list[str]:
     if not items:
         return []
-    lines = [f"{indent}elements = {{"]
-    lines.extend(f"{indent}\t{item}," for item in items[:-1])
-    lines.append(f"{indent}\t{items[-1]}")
-    lines.append(f"{indent}}}")
-    return lines
+    inner = f",\n{indent}\t".join(items)  # one join: the blocks of big sets are long
+    return [f"{indent}elements = {{", f"{indent}\t{inner}", f"{indent}}}"]
 
 
-def _set(s: NamedSet) -> list[str]:
+class RenderCache:
+    """Memo of rendered sets, chains and rules by object identity, shared by the scripts of
+    several enforcers (their rulesets share NamedSet and Chain objects through one
+    ``RuleCache``). Holds the objects it memoizes, so an id is never reused while memoized.
+    Not thread-safe."""
+
+    __slots__ = ("_chains", "_rules", "_sets")
+
+    def __init__(self) -> None:
+        self._sets: dict[int, tuple[NamedSet, str]] = {}
+        self._chains: dict[int, tuple[Chain, str]] = {}
+        self._rules: dict[int, tuple[NftRule, str]] = {}
+
+    def set_text(self, s: NamedSet) -> str:
+        hit = self._sets.get(id(s))
+        if hit is not None and hit[0] is s:
+            return hit[1]
+        text = "\n".join(_set(s))
+        self._sets[id(s)] = (s, text)
+        return text
+
+    def rule_text(self, r: NftRule) -> str:
+        hit = self._rules.get(id(r))
+        if hit is not None and hit[0] is r:
+            return hit[1]
+        text = _rule(r)
+        self._rules[id(r)] = (r, text)
+        return text
+
+    def chain_text(self, c: Chain) -> str:
+        hit = self._chains.get(id(c))
+        if hit is not None and hit[0] is c:
+            return hit[1]
+        text = "\n".join(_chain(c, self))
+        self._chains[id(c)] = (c, text)
+        return text
+
+
+def _set(s: NamedSet, texts: Collection[str] | None = None) -> list[str]:
     lines = [f"\tset {s.name} {{", f"\t\ttype {s.type.value}"]
     if s.interval:
         lines.append("\t\tflags interval")
     if s.comment:
         lines.append(f"\t\tcomment {_quoted(s.comment, _MAX_COMMENT)}")
-    lines.extend(_elements_block([_element(e) for e in s.elements], "\t\t"))
+    items = [_element(e) for e in s.elements] if texts is None else list(texts)
+    lines.extend(_elements_block(items, "\t\t"))
     lines.append("\t}")
     return lines
 
@@ -140,7 +196,7 @@ def _map(m: VerdictMap) -> list[str]:
     return lines
 
 
-def _chain(c: Chain) -> list[str]:
+def _chain(c: Chain, cache: RenderCache | None = None) -> list[str]:
     lines = [f"\tchain {c.name} {{"]
     if c.hook is not None:
         prio = (
@@ -151,13 +207,17 @@ def _chain(c: Chain) -> list[str]:
         lines.append(f"\t\ttype filter hook {c.hook.value} priority {prio}; policy accept;")
     if c.comment:
         lines.append(f"\t\tcomment {_quoted(c.comment, _MAX_COMMENT)}")
-    lines.extend(f"\t\t{_rule(r)}" for r in c.rules)
+    if cache is None:
+        lines.extend(f"\t\t{_rule(r)}" for r in c.rules)
+    else:
+        lines.extend(f"\t\t{cache.rule_text(r)}" for r in c.rules)
     lines.append("\t}")
     return lines
 
 
-def render_nft(ruleset: HostRuleset) -> str:
-    """The whole table as one atomic nft script. Cost: O(rules + elements)."""
+def render_nft(ruleset: HostRuleset, cache: RenderCache | None = None) -> str:
+    """The whole table as one atomic nft script. Cost: O(rules + elements), less what
+    ``cache`` already holds (pass one to share the work between enforcers)."""
     t = f"{ruleset.family} {ruleset.table}"
     lines = [
         f"# septum ruleset for enforcer {ruleset.enforcer}, resolved at {ruleset.at.isoformat()}",
@@ -166,11 +226,44 @@ def render_nft(ruleset: HostRuleset) -> str:
         f"delete table {t}",
         f"table {t} {{",
     ]
-    for s in ruleset.sets:
-        lines.extend(_set(s))
+    if cache is None:
+        for s in ruleset.sets:
+            lines.extend(_set(s))
+    else:
+        lines.extend(cache.set_text(s) for s in ruleset.sets)
     for m in ruleset.maps:
         lines.extend(_map(m))
-    for c in ruleset.chains:
+    if cache is None:
+        for c in ruleset.chains:
+            lines.extend(_chain(c))
+    else:
+        lines.extend(cache.chain_text(c) for c in ruleset.chains)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_all(rulesets: Iterable[HostRuleset]) -> dict[str, str]:
+    """The scripts of several enforcers (by enforcer), sharing one :class:`RenderCache`."""
+    cache = RenderCache()
+    return {rs.enforcer: render_nft(rs, cache) for rs in rulesets}
+
+
+def render_declarations(
+    sets: Iterable[NamedSet],
+    chains: Iterable[Chain],
+    *,
+    elements: Mapping[str, Collection[str]] | None = None,
+    table: str = "septum",
+    family: str = "inet",
+) -> str:
+    """A ``table`` block that adds sets (with their elements) and chains (with their rules)
+    to an existing table, for an incremental transaction. ``elements`` may give a set's
+    elements as already rendered texts (see :func:`element_text`), in any order, instead
+    of ``NamedSet.elements``. Cost: O(elements + rules)."""
+    lines = [f"table {family} {table} {{"]
+    for s in sets:
+        lines.extend(_set(s, None if elements is None else elements.get(s.name)))
+    for c in chains:
         lines.extend(_chain(c))
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -207,15 +300,24 @@ def render_set_delta(
     unknown = sorted(d.name for d in items if d.name not in known)
     if unknown:
         raise RenderError(f"no such set or map: {', '.join(unknown)}")
-    t = f"{family} {table}"
-    ordered = sorted(items, key=lambda d: d.name)
-    lines: list[str] = []
-    for d in ordered:
-        if d.removed:
-            els = ", ".join(_element(e, key_only=True) for e in d.removed)
-            lines.append(f"delete element {t} {d.name} {{ {els} }}")
-    for d in ordered:
-        if d.added:
-            els = ", ".join(_element(e) for e in d.added)
-            lines.append(f"add element {t} {d.name} {{ {els} }}")
+    ordered = [render_element_delta(d, table=table, family=family) for d in items]
+    ordered.sort(key=lambda pair_name: pair_name[2])
+    lines = [deletion for deletion, _, _ in ordered if deletion]
+    lines.extend(addition for _, addition, _ in ordered if addition)
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def render_element_delta(
+    delta: ElementDelta, *, table: str = "septum", family: str = "inet"
+) -> tuple[str, str, str]:
+    """``(delete line, add line, name)`` of one element delta (a line is ``""`` when there is
+    nothing to delete or add; lines carry no newline). Deletions must run before additions."""
+    t = f"{family} {table}"
+    deletion = addition = ""
+    if delta.removed:
+        els = ", ".join(_element(e, key_only=True) for e in delta.removed)
+        deletion = f"delete element {t} {delta.name} {{ {els} }}"
+    if delta.added:
+        els = ", ".join(_element(e) for e in delta.added)
+        addition = f"add element {t} {delta.name} {{ {els} }}"
+    return deletion, addition, delta.name

@@ -1,0 +1,291 @@
+"""Benchmark of the nftables compiler on a seeded, realistic estate.
+
+    python bench/compile.py [--seed N] [--workloads 10000 --policies 1000 --enforcers 100]
+                            [--changes 1000] [--naive 5] [--json]
+
+Prints: estate generation time; full compile time (resolve + build + render every
+enforcer's script) and peak memory (tracemalloc peak in a separate pass, and the process's
+ru_maxrss); invariant-check time (``run_assertions``); p50/p99/max of single-workload label
+and address changes through ``IncrementalCompiler.update_workload`` (separately and
+combined, with the share that needed structural changes); and, in the same run, the p50 of
+the naive path (``compile_delta``: full resolve + build + diff) with the ratio. Targets are
+printed next to the figures. ``gc.freeze()`` runs after setup (the estate and its changes),
+so that the collector does not walk the estate again and again; the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from septum.engine.assertions import run_assertions
+from septum.engine.resolve import resolve_policy
+from septum.model.resources import (
+    Assertion,
+    Invariant,
+    InvariantKind,
+    PortRange,
+    Protocol,
+    Repository,
+    ServicePort,
+    Workload,
+)
+from septum.model.selector import parse_selector
+from septum.render.compile import build_all, compile_delta
+from septum.render.incremental import IncrementalCompiler
+from septum.render.nft import render_all
+from septum.testing.estate import (
+    AddressChange,
+    LabelChange,
+    address_changes,
+    generate_estate,
+    label_changes,
+)
+
+AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+TARGET_FULL_S = 2.0
+TARGET_INCREMENTAL_P99_MS = 5.0
+TARGET_MEMORY_MB = 1024.0
+
+
+def _invariants() -> tuple[Assertion, ...]:
+    """Realistic guardrails, added when the estate brings none."""
+    sel = parse_selector
+    https = (ServicePort(Protocol.TCP, PortRange(443, 443)),)
+    checks = [
+        ("dev-never-reaches-prod", InvariantKind.NEVER, 'env == "dev"', 'env == "prod"', ()),
+        ("nothing-reaches-quarantine", InvariantKind.NEVER, "all()", "has(quarantine)", ()),
+        ("lb-reaches-web-https", InvariantKind.ALWAYS, 'role == "lb"', 'role == "web"', https),
+        ("staging-never-reaches-pci", InvariantKind.NEVER, 'env == "staging"', "has(pci)", ()),
+    ]
+    return tuple(
+        Assertion(name, Invariant(kind, sel(src), sel(dst), services))
+        for name, kind, src, dst, services in checks
+    )
+
+
+def _full_compile(repo: Repository) -> dict[str, str]:
+    resolved = resolve_policy(repo, AT)
+    return render_all(build_all(resolved, repo.enforcers()).values())
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _percentiles(samples: Sequence[float]) -> dict[str, float]:
+    if not samples:
+        return {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, max(0, round(0.99 * len(ordered)) - 1))]
+    return {
+        "n": len(ordered),
+        "p50_ms": _ms(statistics.median(ordered)),
+        "p99_ms": _ms(p99),
+        "max_ms": _ms(ordered[-1]),
+    }
+
+
+def _apply(w: Workload, change: LabelChange | AddressChange) -> Workload:
+    if isinstance(change, LabelChange):
+        return replace(w, labels=change.labels)
+    return replace(w, addresses=change.addresses)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "estate": {
+            "seed": args.seed,
+            "workloads": args.workloads,
+            "policies": args.policies,
+            "enforcers": args.enforcers,
+        }
+    }
+    # ---- setup
+    gen_s, repo = _timed(
+        lambda: generate_estate(args.seed, args.workloads, args.policies, args.enforcers)
+    )
+    out["generate_s"] = gen_s
+    added_invariants = not any(isinstance(a.check, Invariant) for a in repo.assertions)
+    if added_invariants:
+        repo = replace(repo, assertions=(*repo.assertions, *_invariants()))
+    half = args.changes // 2
+    labels = label_changes(repo, args.seed, args.changes - half)
+    addresses = address_changes(repo, args.seed + 1, half)
+    gc.collect()
+    gc.freeze()
+    out["gc_freeze_after_setup"] = True
+
+    # ---- full compile (time), then memory in a separate pass (tracemalloc slows it down)
+    full_s, scripts = _timed(lambda: _full_compile(repo))
+    out["full_compile_s"] = full_s
+    out["script_bytes"] = sum(len(s) for s in scripts.values())
+    del scripts
+    tracemalloc.start()
+    scripts = _full_compile(repo)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del scripts
+    out["tracemalloc_peak_mb"] = peak / 2**20
+    maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["ru_maxrss_mb"] = maxrss_kb / 1024  # Linux: kilobytes
+
+    # ---- invariants
+    inv_s, report = _timed(lambda: run_assertions(repo, AT))
+    out["invariants"] = {
+        "added_by_bench": added_invariants,
+        "count": len(report.results),
+        "failed": len(report.failures),
+        "seconds": inv_s,
+    }
+
+    # ---- incremental
+    init_s, ic = _timed(lambda: IncrementalCompiler(repo, AT))
+    out["incremental_init_s"] = init_s
+    workloads = {w.name: w for w in repo.workloads}
+    times: dict[str, list[float]] = {"label": [], "address": []}
+    structural = {"label": 0, "address": 0}
+    fallbacks = 0
+    sequence: list[tuple[str, LabelChange | AddressChange]] = []
+    for i in range(max(len(labels), len(addresses))):
+        if i < len(labels):
+            sequence.append(("label", labels[i]))
+        if i < len(addresses):
+            sequence.append(("address", addresses[i]))
+    for kind, change in sequence:
+        new = _apply(workloads[change.workload], change)
+        workloads[new.name] = new
+        start = time.perf_counter()
+        update = ic.update_workload(new)
+        times[kind].append(time.perf_counter() - start)
+        structural[kind] += bool(update.structural)
+        fallbacks += update.fallback is not None
+    both = times["label"] + times["address"]
+    out["incremental"] = {
+        "label": {**_percentiles(times["label"]), "structural": structural["label"]},
+        "address": {**_percentiles(times["address"]), "structural": structural["address"]},
+        "combined": {
+            **_percentiles(both),
+            "structural": structural["label"] + structural["address"],
+        },
+        "fallbacks": fallbacks,
+    }
+
+    # ---- the naive peer: full resolve + build + diff per change (compile_delta)
+    naive: list[float] = []
+    current = repo
+    by_name = {w.name: w for w in repo.workloads}
+    for _, change in sequence[: args.naive]:
+        old_w = by_name[change.workload]
+        new_w = _apply(old_w, change)
+        by_name[new_w.name] = new_w
+        new_repo = replace(current, workloads=tuple(by_name[n] for n in sorted(by_name)))
+        enforcer = new_w.enforcer or (repo.enforcers() or ("none",))[0]
+        start = time.perf_counter()
+        compile_delta(current, new_repo, enforcer, AT)
+        naive.append(time.perf_counter() - start)
+        current = new_repo
+    naive_p50 = statistics.median(naive) if naive else 0.0
+    incr_p50 = statistics.median(both) if both else 0.0
+    out["naive"] = {
+        "n": len(naive),
+        "p50_ms": _ms(naive_p50),
+        "ratio_naive_over_incremental_p50": naive_p50 / incr_p50 if incr_p50 else 0.0,
+    }
+    return out
+
+
+def _print(out: dict[str, Any]) -> None:
+    est = out["estate"]
+    ok = {True: "ok", False: "MISSED"}
+
+    def line(label: str, value: str, target: str = "") -> None:
+        print(f"{label:<38} {value:>16}   {target}".rstrip())
+
+    version = sys.version.split()[0]
+    print(
+        f"septum compile benchmark: seed {est['seed']}, {est['workloads']} workloads, "
+        f"{est['policies']} policies, {est['enforcers']} enforcers (python {version})"
+    )
+    print("gc.freeze() after setup: yes (estate and change lists frozen before timing)")
+    line("estate generation", f"{out['generate_s']:.3f} s")
+    full = out["full_compile_s"]
+    line(
+        "full compile (resolve+build+render)",
+        f"{full:.3f} s",
+        f"target <= {TARGET_FULL_S:.0f} s {ok[full <= TARGET_FULL_S]}",
+    )
+    line("  scripts rendered", f"{out['script_bytes'] / 2**20:.1f} MB")
+    peak = out["tracemalloc_peak_mb"]
+    line(
+        "peak memory (tracemalloc, compile)",
+        f"{peak:.0f} MB",
+        f"target <= 1 GB {ok[peak <= TARGET_MEMORY_MB]}",
+    )
+    rss = out["ru_maxrss_mb"]
+    line("peak memory (ru_maxrss, process)", f"{rss:.0f} MB", f"target <= 1 GB {ok[rss <= 1024]}")
+    inv = out["invariants"]
+    line(
+        "invariant check (run_assertions)",
+        f"{inv['seconds']:.3f} s",
+        f"{inv['count']} invariants{' (added by bench)' if inv['added_by_bench'] else ''}, "
+        f"{inv['failed']} failed",
+    )
+    line("incremental compiler setup", f"{out['incremental_init_s']:.3f} s")
+    inc = out["incremental"]
+    for kind in ("label", "address", "combined"):
+        s = inc[kind]
+        line(
+            f"incremental {kind} changes (n={s['n']})",
+            f"p50 {s['p50_ms']:.3f} ms",
+            f"p99 {s['p99_ms']:.3f} ms, max {s['max_ms']:.3f} ms, "
+            f"structural {s['structural']}/{s['n']} "
+            f"({100 * s['structural'] / max(1, s['n']):.1f}%)  "
+            f"target p99 <= {TARGET_INCREMENTAL_P99_MS:.0f} ms "
+            f"{ok[s['p99_ms'] <= TARGET_INCREMENTAL_P99_MS]}",
+        )
+    line("  fallbacks (full rebuilds)", str(inc["fallbacks"]))
+    nv = out["naive"]
+    line(
+        f"naive compile_delta (n={nv['n']})",
+        f"p50 {nv['p50_ms']:.1f} ms",
+        f"{nv['ratio_naive_over_incremental_p50']:.0f}x the incremental p50",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workloads", type=int, default=10_000)
+    p.add_argument("--policies", type=int, default=1_000)
+    p.add_argument("--enforcers", type=int, default=100)
+    p.add_argument("--changes", type=int, default=1_000)
+    p.add_argument("--naive", type=int, default=5, help="changes timed on the naive path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    out = run(args)
+    if args.json:
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        _print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
