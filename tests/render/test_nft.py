@@ -696,3 +696,23 @@ def test_scale_sanity() -> None:
     elapsed = time.perf_counter() - start
     assert len(scripts) == 20
     assert elapsed < 5.0, elapsed
+
+
+def test_ipv4_element_text_matches_ipaddress() -> None:
+    """The fast dotted-quad path writes exactly what ipaddress would."""
+    import ipaddress
+
+    from septum.render.nft import element_text
+
+    for text in [
+        "0.0.0.0/0",
+        "198.18.0.1/32",
+        "255.255.255.255/32",
+        "10.1.2.0/24",
+        "198.19.255.254/31",
+        "2001:db8::1/128",
+        "2001:db8::/32",
+    ]:
+        net = ipaddress.ip_network(text)
+        expected = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+        assert element_text(net) == expected

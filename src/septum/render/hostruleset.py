@@ -59,6 +59,7 @@ a short hash of their defining text (selector canonical text, tier chain key).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -449,7 +450,13 @@ _REMOTE = {Direction.INGRESS: AddrField.SADDR, Direction.EGRESS: AddrField.DADDR
 
 def workload_chain_name(workload: str, direction: Direction) -> str:
     """The chain of one local workload and direction."""
-    return f"w_{_readable(workload, 24)}_{_short_hash('w:' + workload, 6)}_{_DIR_SUFFIX[direction]}"
+    return f"{_workload_chain_base(workload)}_{_DIR_SUFFIX[direction]}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _workload_chain_base(workload: str) -> str:
+    # memoized by name only (a hash and a regex), shared by both directions
+    return f"w_{_readable(workload, 24)}_{_short_hash('w:' + workload, 6)}"
 
 
 def selector_set_name(text: str, family: Family) -> str:
@@ -533,10 +540,17 @@ class RuleCache:
     )
     _has_deny: dict[tuple[str, Direction], bool] = field(default_factory=dict)
     _by_app: dict[
-        tuple[int, str, str],
+        tuple[int, int, int],
         tuple[TierApplication, tuple[Chain, tuple[_SetDecl, ...]] | None],
     ] = field(default_factory=dict)
     _named: dict[str, NamedSet] = field(default_factory=dict)
+    # (ids of a workload's TierApplications, direction, mode) -> (the applications, which
+    # keep the ids valid; the rules of its workload chain). Workloads with the same
+    # applicable policies and mode have identical chains but for the name.
+    _workload_rules: dict[
+        tuple[tuple[int, ...], int, int],
+        tuple[tuple[TierApplication, ...], tuple[NftRule, ...]],
+    ] = field(default_factory=dict)
     _defaults: dict[tuple[Direction, _DenyStyle | None], tuple[NftRule, ...]] = field(
         default_factory=dict
     )
@@ -562,6 +576,8 @@ class _Builder:
         self._pending: list[_SetDecl] = []
         self._chain_sets: dict[str, _SetDecl] = {}
         self._jumps: dict[str, NftRule] = {}
+        # workload-chain keys whose tier chains this builder has registered already
+        self._registered: set[tuple[tuple[int, ...], int, int]] = set()
 
     # ------------------------------------------------------------ peers and services
 
@@ -759,7 +775,8 @@ class _Builder:
         """The (shared) chain of one tier for the given applicable policies and mode class."""
         # Resolve interns TierApplications, so most calls are one memo hit by identity (the
         # memo holds the application, so its id cannot be reused while it is there).
-        ident = (id(app), direction.value, mode.value)
+        # ids of the enum singletons: hashing an Enum member runs Python code, an int does not
+        ident = (id(app), id(direction), id(mode))
         memo = self.cache._by_app.get(ident)
         if memo is not None and memo[0] is app:
             shared = memo[1]
@@ -827,6 +844,27 @@ class _Builder:
         return hit
 
     def workload_chain(self, lw: LocalWorkload, direction: Direction) -> Chain:
+        apps = lw.tiers(direction)
+        key = (tuple(map(id, apps)), id(direction), id(lw.mode))
+        hit = self.cache._workload_rules.get(key)
+        if hit is not None and key in self._registered:
+            return self._named_chain(lw, direction, hit[1])
+        rules = self._workload_rules(lw, direction)
+        self.cache._workload_rules[key] = (apps, rules)
+        self._registered.add(key)
+        return self._named_chain(lw, direction, rules)
+
+    @staticmethod
+    def _named_chain(lw: LocalWorkload, direction: Direction, rules: tuple[NftRule, ...]) -> Chain:
+        return Chain(
+            workload_chain_name(lw.name, direction),
+            rules,
+            comment=_comment_text(f"workload {lw.name} {direction.value} ({lw.mode.value})"),
+        )
+
+    def _workload_rules(self, lw: LocalWorkload, direction: Direction) -> tuple[NftRule, ...]:
+        """Jumps to the tier chains that apply, then the repository default; registers those
+        tier chains and their sets with this enforcer's ruleset."""
         rules: list[NftRule] = []
         for app in lw.tiers(direction):
             tc = self.tier_chain(app, direction, lw.mode)
@@ -838,11 +876,7 @@ class _Builder:
                     self._jumps[tc.name] = jump
                 rules.append(jump)
         rules.extend(self._default_rules(direction, lw.mode))
-        return Chain(
-            workload_chain_name(lw.name, direction),
-            tuple(rules),
-            comment=_comment_text(f"workload {lw.name} {direction.value} ({lw.mode.value})"),
-        )
+        return tuple(rules)
 
     # ------------------------------------------------------------ failsafe and base chains
 

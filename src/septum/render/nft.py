@@ -68,6 +68,12 @@ def _quoted(text: str, limit: int) -> str:
 
 
 def _net(n: IPNetwork) -> str:
+    if n.version == 4:
+        # Dotted quad from the integer: ~10x cheaper than ipaddress' own __str__, and a
+        # large ruleset renders hundreds of thousands of addresses.
+        i = int(n.network_address)
+        text = f"{i >> 24}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        return text if n.prefixlen == 32 else f"{text}/{n.prefixlen}"
     return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
 
 
