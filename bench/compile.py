@@ -34,8 +34,7 @@ from septum.model.resources import (
     Assertion,
     Invariant,
     InvariantKind,
-    PortRange,
-    Protocol,
+    Mode,
     Repository,
     ServicePort,
     Workload,
@@ -44,6 +43,7 @@ from septum.model.selector import parse_selector
 from septum.render.compile import build_all, compile_delta
 from septum.render.incremental import IncrementalCompiler
 from septum.render.nft import render_all
+from septum.runtime import gc_paused
 from septum.testing.estate import (
     AddressChange,
     LabelChange,
@@ -58,20 +58,67 @@ TARGET_INCREMENTAL_P99_MS = 5.0
 TARGET_MEMORY_MB = 1024.0
 
 
-def _invariants() -> tuple[Assertion, ...]:
-    """Realistic guardrails, added when the estate brings none."""
+def _invariants(repo: Repository) -> tuple[Assertion, ...]:
+    """Realistic guardrails for the generated estate, added when it brings none: four
+    `never` isolation rules and one `always` reachability rule inside one app in prod."""
     sel = parse_selector
-    https = (ServicePort(Protocol.TCP, PortRange(443, 443)),)
+    app = _app_with_web_and_api(repo)
+    web = f'app == "{app}" && role == "web" && env == "prod"'
+    api = f'app == "{app}" && role == "api" && env == "prod"'
     checks = [
         ("dev-never-reaches-prod", InvariantKind.NEVER, 'env == "dev"', 'env == "prod"', ()),
-        ("nothing-reaches-quarantine", InvariantKind.NEVER, "all()", "has(quarantine)", ()),
-        ("lb-reaches-web-https", InvariantKind.ALWAYS, 'role == "lb"', 'role == "web"', https),
-        ("staging-never-reaches-pci", InvariantKind.NEVER, 'env == "staging"', "has(pci)", ()),
+        (
+            "nothing-reaches-quarantine",
+            InvariantKind.NEVER,
+            "!has(quarantine)",
+            "has(quarantine)",
+            (),
+        ),
+        (
+            "quarantine-reaches-nothing",
+            InvariantKind.NEVER,
+            "has(quarantine)",
+            "!has(quarantine)",
+            (),
+        ),
+        (
+            "staging-never-reaches-pci",
+            InvariantKind.NEVER,
+            'env == "staging" && !has(pci)',
+            "has(pci)",
+            (),
+        ),
+        (f"{app}-web-reaches-api", InvariantKind.ALWAYS, web, api, _api_ports(repo, app)),
     ]
     return tuple(
         Assertion(name, Invariant(kind, sel(src), sel(dst), services))
         for name, kind, src, dst, services in checks
     )
+
+
+def _app_with_web_and_api(repo: Repository) -> str:
+    """The first app (by name) with prod web and api workloads and least-privilege
+    policies on both ends (``<app>-web`` egress to its api, ``<app>-api`` ingress)."""
+    policies = {p.name for p in repo.policies}
+    roles: dict[str, set[str]] = {}
+    for w in repo.workloads:
+        if w.labels.get("env") == "prod" and "app" in w.labels:
+            roles.setdefault(w.labels["app"], set()).add(w.labels.get("role", ""))
+    return min(
+        app
+        for app, r in roles.items()
+        if {"web", "api"} <= r and {f"{app}-web", f"{app}-api"} <= policies
+    )
+
+
+def _api_ports(repo: Repository, app: str) -> tuple[ServicePort, ...]:
+    """The ports the app's web policy may send to its api (its least-privilege rule)."""
+    for p in repo.policies:
+        if p.name == f"{app}-web":
+            for r in p.egress or ():
+                if any('role == "api"' in str(peer) for peer in r.peers) and r.services:
+                    return r.services
+    raise LookupError(f"no web-to-api rule for {app}")
 
 
 def _full_compile(repo: Repository) -> dict[str, str]:
@@ -124,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["generate_s"] = gen_s
     added_invariants = not any(isinstance(a.check, Invariant) for a in repo.assertions)
     if added_invariants:
-        repo = replace(repo, assertions=(*repo.assertions, *_invariants()))
+        repo = replace(repo, assertions=(*repo.assertions, *_invariants(repo)))
     half = args.changes // 2
     labels = label_changes(repo, args.seed, args.changes - half)
     addresses = address_changes(repo, args.seed + 1, half)
@@ -132,11 +179,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gc.freeze()
     out["gc_freeze_after_setup"] = True
 
-    # ---- full compile (time), then memory in a separate pass (tracemalloc slows it down)
-    full_s, scripts = _timed(lambda: _full_compile(repo))
-    out["full_compile_s"] = full_s
-    out["script_bytes"] = sum(len(s) for s in scripts.values())
-    del scripts
+    # ---- full compile: best of N runs with Python's default collector, and best of N with
+    # the collector paused as septum's CLI runs a compile (septum.runtime.gc_paused); then
+    # memory in a separate pass (tracemalloc slows it down).
+    default_runs: list[float] = []
+    paused_runs: list[float] = []
+    for _ in range(args.repeat):
+        full_s, scripts = _timed(lambda: _full_compile(repo))
+        default_runs.append(full_s)
+        del scripts
+        with gc_paused():
+            full_s, scripts = _timed(lambda: _full_compile(repo))
+        paused_runs.append(full_s)
+        out["script_bytes"] = sum(len(s) for s in scripts.values())
+        del scripts
+    out["full_compile_s"] = min(paused_runs)
+    out["full_compile_runs_gc_paused_s"] = paused_runs
+    out["full_compile_default_gc_s"] = min(default_runs)
+    out["full_compile_runs_default_gc_s"] = default_runs
     tracemalloc.start()
     scripts = _full_compile(repo)
     _, peak = tracemalloc.get_traced_memory()
@@ -146,13 +206,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out["ru_maxrss_mb"] = maxrss_kb / 1024  # Linux: kilobytes
 
-    # ---- invariants
+    # ---- invariants. As generated, some workloads are in visibility/test/selective/idle
+    # modes, so isolation invariants fail at their first counter-example (cheap). The
+    # figure that matters is a check that must cover everything: the same estate with every
+    # workload enforced, where these guardrails hold.
     inv_s, report = _timed(lambda: run_assertions(repo, AT))
+    enforced = replace(
+        repo, workloads=tuple(replace(w, mode=Mode.ENFORCED) for w in repo.workloads)
+    )
+    full_s, full_report = _timed(lambda: run_assertions(enforced, AT))
     out["invariants"] = {
         "added_by_bench": added_invariants,
         "count": len(report.results),
         "failed": len(report.failures),
         "seconds": inv_s,
+        "all_enforced_seconds": full_s,
+        "all_enforced_failed": len(full_report.failures),
+        "all_enforced_failures": {
+            r.name: r.counterexample.explanation.summary() if r.counterexample else r.error
+            for r in full_report.failures
+        },
+        "all_enforced_flows": sum(r.flows_evaluated for r in full_report.results),
     }
 
     # ---- incremental
@@ -226,10 +300,18 @@ def _print(out: dict[str, Any]) -> None:
     print("gc.freeze() after setup: yes (estate and change lists frozen before timing)")
     line("estate generation", f"{out['generate_s']:.3f} s")
     full = out["full_compile_s"]
+    runs = " ".join(f"{x:.2f}" for x in out["full_compile_runs_gc_paused_s"])
     line(
-        "full compile (resolve+build+render)",
+        "full compile, GC paused (as the CLI)",
         f"{full:.3f} s",
-        f"target <= {TARGET_FULL_S:.0f} s {ok[full <= TARGET_FULL_S]}",
+        f"target <= {TARGET_FULL_S:.0f} s {ok[full <= TARGET_FULL_S]}  (best of: {runs})",
+    )
+    default = out["full_compile_default_gc_s"]
+    runs = " ".join(f"{x:.2f}" for x in out["full_compile_runs_default_gc_s"])
+    line(
+        "full compile, default GC",
+        f"{default:.3f} s",
+        f"target <= {TARGET_FULL_S:.0f} s {ok[default <= TARGET_FULL_S]}  (best of: {runs})",
     )
     line("  scripts rendered", f"{out['script_bytes'] / 2**20:.1f} MB")
     peak = out["tracemalloc_peak_mb"]
@@ -242,11 +324,19 @@ def _print(out: dict[str, Any]) -> None:
     line("peak memory (ru_maxrss, process)", f"{rss:.0f} MB", f"target <= 1 GB {ok[rss <= 1024]}")
     inv = out["invariants"]
     line(
-        "invariant check (run_assertions)",
+        "invariant check, estate as generated",
         f"{inv['seconds']:.3f} s",
         f"{inv['count']} invariants{' (added by bench)' if inv['added_by_bench'] else ''}, "
-        f"{inv['failed']} failed",
+        f"{inv['failed']} failed (a failure stops at its first counter-example)",
     )
+    line(
+        "invariant check, every workload enforced",
+        f"{inv['all_enforced_seconds']:.3f} s",
+        f"{inv['all_enforced_failed']} failed, {inv['all_enforced_flows']} flows evaluated "
+        "(every invariant checked in full)",
+    )
+    for name, why in inv["all_enforced_failures"].items():
+        print(f"  failed: {name}: {why}")
     line("incremental compiler setup", f"{out['incremental_init_s']:.3f} s")
     inc = out["incremental"]
     for kind in ("label", "address", "combined"):
@@ -277,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--enforcers", type=int, default=100)
     p.add_argument("--changes", type=int, default=1_000)
     p.add_argument("--naive", type=int, default=5, help="changes timed on the naive path")
+    p.add_argument("--repeat", type=int, default=3, help="full compiles per GC regime (best)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     out = run(args)

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from septum.errors import SeptumError, ValidationError
 from septum.model.resources import Repository
+from septum.runtime import gc_paused
 
 app = typer.Typer(
     name="septum",
@@ -204,7 +205,8 @@ def run_tests(repo: RepoArg, at: AtOpt = None, as_json: JsonOpt = False) -> None
         model = _load(repo)
         with _progress() as progress:
             progress.add_task(f"checking {len(model.assertions)} assertions", total=None)
-            report = run_assertions(model, when)
+            with gc_paused():
+                report = run_assertions(model, when)
     if as_json:
         _print_json(report.to_json())
     else:
@@ -260,7 +262,8 @@ def compile_command(
         assert out_dir is not None
         with _progress() as progress:
             progress.add_task(f"compiling {len(model.enforcers())} enforcers", total=None)
-            scripts = compile_all(model, when)
+            with gc_paused():
+                scripts = compile_all(model, when)
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, script in scripts.items():
             (out_dir / f"{name}.nft").write_text(script)
@@ -285,7 +288,8 @@ def plan(
         new, old = _load(repo), _load(against)
         with _progress() as progress:
             progress.add_task("planning", total=None)
-            result = plan_change(old, new, when)
+            with gc_paused():
+                result = plan_change(old, new, when)
     if as_json:
         _print_json(result.to_json())
         return
@@ -333,8 +337,9 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
         model = _load(repo)
         with _progress() as progress:
             progress.add_task("testing and compiling", total=None)
-            report = run_assertions(model, when)
-            rulesets = build_all(resolve_policy(model, when), model.enforcers())
+            with gc_paused():
+                report = run_assertions(model, when)
+                rulesets = build_all(resolve_policy(model, when), model.enforcers())
         evaluator = Evaluator(model)
         flows = [
             assertion_flow(model, a.check, when)
