@@ -63,9 +63,7 @@ def _invariants(repo: Repository) -> tuple[Assertion, ...]:
     `never` isolation rules and one `always` reachability rule inside one app in prod."""
     sel = parse_selector
     app = _app_with_web_and_api(repo)
-    web = f'app == "{app}" && role == "web" && env == "prod"'
-    api = f'app == "{app}" && role == "api" && env == "prod"'
-    checks = [
+    checks: list[tuple[str, InvariantKind, str, str, tuple[ServicePort, ...]]] = [
         ("dev-never-reaches-prod", InvariantKind.NEVER, 'env == "dev"', 'env == "prod"', ()),
         (
             "nothing-reaches-quarantine",
@@ -88,15 +86,20 @@ def _invariants(repo: Repository) -> tuple[Assertion, ...]:
             "has(pci)",
             (),
         ),
-        (f"{app}-web-reaches-api", InvariantKind.ALWAYS, web, api, _api_ports(repo, app)),
     ]
+    if app is not None:  # a small estate may have no app with both tiers in prod
+        web = f'app == "{app}" && role == "web" && env == "prod"'
+        api = f'app == "{app}" && role == "api" && env == "prod"'
+        checks.append(
+            (f"{app}-web-reaches-api", InvariantKind.ALWAYS, web, api, _api_ports(repo, app))
+        )
     return tuple(
         Assertion(name, Invariant(kind, sel(src), sel(dst), services))
         for name, kind, src, dst, services in checks
     )
 
 
-def _app_with_web_and_api(repo: Repository) -> str:
+def _app_with_web_and_api(repo: Repository) -> str | None:
     """The first app (by name) with prod web and api workloads and least-privilege
     policies on both ends (``<app>-web`` egress to its api, ``<app>-api`` ingress)."""
     policies = {p.name for p in repo.policies}
@@ -104,11 +107,12 @@ def _app_with_web_and_api(repo: Repository) -> str:
     for w in repo.workloads:
         if w.labels.get("env") == "prod" and "app" in w.labels:
             roles.setdefault(w.labels["app"], set()).add(w.labels.get("role", ""))
-    return min(
+    candidates = [
         app
         for app, r in roles.items()
         if {"web", "api"} <= r and {f"{app}-web", f"{app}-api"} <= policies
-    )
+    ]
+    return min(candidates) if candidates else None
 
 
 def _api_ports(repo: Repository, app: str) -> tuple[ServicePort, ...]:
