@@ -249,7 +249,8 @@ def repositories(draw: st.DrawFn, min_workloads: int = 3, max_workloads: int = 8
         if extra == 0 and used_v6 < len(v6):  # a second, IPv6 address
             bindings.append(AddressBinding(ip_address(v6[used_v6])))
             used_v6 += 1
-        elif extra == 1 and used_v4 < len(v4):  # an address not valid at T0
+        elif extra == 1 and used_v4 + (n - i) <= len(v4):  # an address not valid at T0
+            # (only while the pool still holds one address for each remaining workload)
             bindings.append(
                 AddressBinding(ip_address(v4[used_v4]), valid_from=T0 + timedelta(days=1))
             )
