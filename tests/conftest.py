@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,16 +19,34 @@ EXAMPLES = ROOT / "examples"
 EXAMPLES_AT = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
+#: One prefix per test run, so that namespaces are recognisably ours and never collide.
+NETNS_PREFIX = f"septum-t{uuid.uuid4().hex[:6]}-"
+
+
 def require_root_nft() -> str:
+    """The nft binary, when this process may use it (root, with iproute2 for namespaces).
+    Outside CI a machine without them skips; in CI (CI=true) the test fails instead."""
     nft = shutil.which("nft") or ("/usr/sbin/nft" if Path("/usr/sbin/nft").exists() else None)
-    if os.geteuid() == 0 and nft is not None:
+    if os.geteuid() == 0 and nft is not None and shutil.which("ip") is not None:
         return nft
     if os.environ.get("CI") == "true":
-        pytest.fail("CI must run this test: it needs root and nftables (installed by .ci/run)")
-    pytest.skip("needs root and nftables")
+        pytest.fail("CI must run this test: it needs root, nftables and iproute2 (.ci/run)")
+    pytest.skip("needs root, nftables and iproute2")
 
 
 @pytest.fixture
 def nft() -> str:
     """Path of the nft binary, when this process may use it (root)."""
     return require_root_nft()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace, deleted when the test ends, even when it fails."""
+    require_root_nft()
+    name = NETNS_PREFIX + uuid.uuid4().hex[:8]
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)

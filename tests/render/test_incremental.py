@@ -9,12 +9,6 @@ namespace and compares the table with the from-scratch one.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from ipaddress import ip_address
@@ -24,6 +18,7 @@ from types import MappingProxyType
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from tests.kernel import kernel_state, ns_nft
 
 from septum.engine.resolve import resolve_policy
 from septum.model.resources import (
@@ -355,71 +350,6 @@ def test_fallback_rebuilds_and_says_so(what: str, changes: dict[str, object]) ->
 # ------------------------------------------------------------------------------- kernel
 
 
-def _require_root_nft() -> str:
-    nft = shutil.which("nft")
-    if os.geteuid() != 0 or nft is None or shutil.which("ip") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("root, nft and iproute2 are required in CI")
-        pytest.skip("needs root, nft and iproute2")
-    return nft
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    _require_root_nft()
-    name = f"septum-inc-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
-
-
-def _ns_nft(ns: str, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", *args], input=stdin, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr + (stdin or "")[-3000:]
-    return proc.stdout
-
-
-def _json_element(e: object) -> str:
-    if isinstance(e, str):
-        return e
-    assert isinstance(e, dict)
-    if "prefix" in e:
-        return f"{e['prefix']['addr']}/{e['prefix']['len']}"
-    if "range" in e:
-        return f"{e['range'][0]}-{e['range'][1]}"
-    raise AssertionError(e)
-
-
-def _kernel_state(ns: str) -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
-    """(set/map name → elements, sorted [(chain, rule without handle and counter)])."""
-    data = json.loads(_ns_nft(ns, "-j", "list", "table", "inet", "septum"))
-    elements: dict[str, set[str]] = {}
-    rules: list[tuple[str, str]] = []
-    for item in data["nftables"]:
-        for kind in ("set", "map"):
-            if kind in item:
-                s = item[kind]
-                out: set[str] = set()
-                for e in s.get("elem", []):
-                    if kind == "map":
-                        key, verdict = e
-                        out.add(f"{_json_element(key)} : goto {verdict['goto']['target']}")
-                    else:
-                        out.add(_json_element(e))
-                elements[s["name"]] = out
-        if "rule" in item:
-            r = item["rule"]
-            exprs = [x for x in r["expr"] if "counter" not in x]
-            rules.append((r["chain"], json.dumps(exprs, sort_keys=True) + r.get("comment", "")))
-    chains = sorted({c for c, _ in rules})
-    ordered = [(c, text) for c in chains for cc, text in rules if cc == c]  # keep rule order
-    return elements, ordered
-
-
 @pytest.mark.root
 def test_kernel_applies_incremental_transactions(netns: str, tmp_path: Path) -> None:
     r0 = repo(*_objects())  # type: ignore[arg-type]
@@ -435,14 +365,14 @@ def test_kernel_applies_incremental_transactions(netns: str, tmp_path: Path) -> 
         assert deltas, e
         # every delta is valid after the initial script and the deltas before it
         for i in range(len(deltas)):
-            _ns_nft(netns, "-c", "-f", "-", stdin=initial[e] + "".join(deltas[: i + 1]))
+            ns_nft(netns, "-c", "-f", "-", stdin=initial[e] + "".join(deltas[: i + 1]))
         # applied one transaction at a time, they leave the from-scratch table
-        _ns_nft(netns, "-f", "-", stdin=initial[e])
+        ns_nft(netns, "-f", "-", stdin=initial[e])
         for text in deltas:
-            _ns_nft(netns, "-f", "-", stdin=text)
-        got = _kernel_state(netns)
-        _ns_nft(netns, "-f", "-", stdin=render_nft(_full(final, e)))
-        want = _kernel_state(netns)
+            ns_nft(netns, "-f", "-", stdin=text)
+        got = kernel_state(netns)
+        ns_nft(netns, "-f", "-", stdin=render_nft(_full(final, e)))
+        want = kernel_state(netns)
         assert got[0] == want[0], e
         assert got[1] == want[1], e
         (tmp_path / f"{e}.nft").write_text(initial[e] + "".join(deltas))

@@ -7,19 +7,17 @@ they are skipped elsewhere, except in CI (``CI=true``), where they must run.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tests.kernel import kernel_state, ns_nft
 
 from septum.engine.resolve import resolve_policy
 from septum.errors import RenderError
@@ -234,20 +232,6 @@ def _repo(case: str, *, shuffle: int | None = None) -> Repository:
 # ------------------------------------------------------------------------------- root / nft
 
 
-def _require_root_nft() -> str:
-    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
-    if os.geteuid() == 0 and nft is not None:
-        return nft
-    if os.environ.get("CI") == "true":
-        pytest.fail("root and nft are required in CI")
-    pytest.skip("needs root and nft")
-
-
-@pytest.fixture
-def nft_bin() -> str:
-    return _require_root_nft()
-
-
 def _nft_check(nft: str, script: str, tmp_path: Path, name: str = "ruleset.nft") -> None:
     path = tmp_path / name
     path.write_text(script)
@@ -304,9 +288,9 @@ def test_script_replaces_only_its_table() -> None:
 
 @pytest.mark.root
 @pytest.mark.parametrize("case", sorted(ESTATES))
-def test_nft_accepts_every_script(case: str, nft_bin: str, tmp_path: Path) -> None:
+def test_nft_accepts_every_script(case: str, nft: str, tmp_path: Path) -> None:
     for enforcer, script in compile_all(_repo(case), T0).items():
-        _nft_check(nft_bin, script, tmp_path, f"{enforcer}.nft")
+        _nft_check(nft, script, tmp_path, f"{enforcer}.nft")
 
 
 # ------------------------------------------------------------------------------- semantics
@@ -547,75 +531,14 @@ def test_render_set_delta_rejects_unknown_names() -> None:
 
 
 @pytest.mark.root
-def test_nft_accepts_delta_after_full_script(nft_bin: str, tmp_path: Path) -> None:
+def test_nft_accepts_delta_after_full_script(nft: str, tmp_path: Path) -> None:
     old = _repo("basic")
     new = _readdress(old, "web-1", "10.0.1.7", "2001:db8::7")
     _, delta_script = compile_delta(old, new, "h1", T0)
-    _nft_check(nft_bin, compile_enforcer(old, "h1", T0) + delta_script, tmp_path)
+    _nft_check(nft, compile_enforcer(old, "h1", T0) + delta_script, tmp_path)
 
 
 # ------------------------------------------------------------------------------- kernel
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    _require_root_nft()
-    if shutil.which("ip") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("iproute2 is required in CI")
-        pytest.skip("needs iproute2")
-    name = f"septum-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
-
-
-def _ns_nft(ns: str, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def _json_element(e: object) -> str:
-    if isinstance(e, str):
-        return e
-    assert isinstance(e, dict)
-    if "prefix" in e:
-        return f"{e['prefix']['addr']}/{e['prefix']['len']}"
-    if "range" in e:
-        return f"{e['range'][0]}-{e['range'][1]}"
-    raise AssertionError(e)
-
-
-def _kernel_state(ns: str) -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
-    """(set/map name → elements as text, [(chain, rule without handle/counter values)])."""
-    data = json.loads(_ns_nft(ns, "-j", "list", "table", "inet", "septum"))
-    elements: dict[str, set[str]] = {}
-    rules: list[tuple[str, str]] = []
-    for item in data["nftables"]:
-        for kind in ("set", "map"):
-            if kind in item:
-                s = item[kind]
-                out: set[str] = set()
-                for e in s.get("elem", []):
-                    if kind == "map":
-                        key, verdict = e
-                        out.add(f"{_json_element(key)} : goto {verdict['goto']['target']}")
-                    else:
-                        out.add(_json_element(e))
-                elements[s["name"]] = out
-        if "rule" in item:
-            r = item["rule"]
-            exprs = [x for x in r["expr"] if "counter" not in x]
-            rules.append((r["chain"], json.dumps(exprs, sort_keys=True) + r.get("comment", "")))
-    return elements, rules
 
 
 def _expected_elements(rs: HostRuleset) -> dict[str, set[str]]:
@@ -639,19 +562,19 @@ def test_real_kernel_load_and_delta(netns: str) -> None:
 
     before = build_host_ruleset(resolve_policy(old, T0), "h1")
     after = build_host_ruleset(resolve_policy(new, T0), "h1")
-    _ns_nft(netns, "-f", "-", stdin=render_nft(before))
-    elements0, rules0 = _kernel_state(netns)
+    ns_nft(netns, "-f", "-", stdin=render_nft(before))
+    elements0, rules0 = kernel_state(netns)
     assert elements0 == _expected_elements(before)
     assert rules0
 
     # loading the full script again replaces the table (no duplicate rules)
-    _ns_nft(netns, "-f", "-", stdin=render_nft(before))
-    assert _kernel_state(netns) == (elements0, rules0)
+    ns_nft(netns, "-f", "-", stdin=render_nft(before))
+    assert kernel_state(netns) == (elements0, rules0)
 
     delta = diff_rulesets(before, after)
     assert not delta.structure_changed
-    _ns_nft(netns, "-f", "-", stdin=render_set_delta(before, delta))
-    elements1, rules1 = _kernel_state(netns)
+    ns_nft(netns, "-f", "-", stdin=render_set_delta(before, delta))
+    elements1, rules1 = kernel_state(netns)
     assert elements1 == _expected_elements(after)
     assert elements1 != elements0
     assert rules1 == rules0
