@@ -228,23 +228,22 @@ class Selector:
     Equality and hashing are by canonical text (identity in practice, thanks to interning).
     """
 
-    __slots__ = ("_match", "expr", "is_all", "keys", "text")
+    __slots__ = ("expr", "is_all", "keys", "matches", "text")
 
     text: str
     expr: Expr
     is_all: bool
     keys: frozenset[str]
+    #: Whether an endpoint with these labels is selected. Cost: O(size of the selector).
+    #: The compiled closure itself, not a method wrapping it: it runs millions of times.
+    matches: Callable[[Labels], bool]
 
     def __init__(self, expr: Expr) -> None:
         self.expr = expr
         self.text = expr.text()
         self.is_all = isinstance(expr, All)
         self.keys = _keys(expr)
-        self._match = _compile(expr)
-
-    def matches(self, labels: Labels) -> bool:
-        """Whether an endpoint with these labels is selected. Cost: O(size of the selector)."""
-        return self._match(labels)
+        self.matches = _compile(expr)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Selector) and other.text == self.text
