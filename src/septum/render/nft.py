@@ -149,18 +149,29 @@ class RenderCache:
     ``RuleCache``). Holds the objects it memoizes, so an id is never reused while memoized.
     Not thread-safe."""
 
-    __slots__ = ("_chains", "_rules", "_sets")
+    __slots__ = ("_chains", "_nets", "_rules", "_sets")
 
     def __init__(self) -> None:
         self._sets: dict[int, tuple[NamedSet, str]] = {}
         self._chains: dict[int, tuple[Chain, str]] = {}
         self._rules: dict[int, tuple[NftRule, str]] = {}
+        # One address object stands in many selector sets (resolve shares them), so its
+        # text is made once per render pass.
+        self._nets: dict[int, tuple[IPNetwork, str]] = {}
+
+    def net_text(self, n: IPNetwork) -> str:
+        hit = self._nets.get(id(n))
+        if hit is not None and hit[0] is n:
+            return hit[1]
+        text = _net(n)
+        self._nets[id(n)] = (n, text)
+        return text
 
     def set_text(self, s: NamedSet) -> str:
         hit = self._sets.get(id(s))
         if hit is not None and hit[0] is s:
             return hit[1]
-        text = "\n".join(_set(s))
+        text = "\n".join(_set(s, [self.net_text(e) for e in s.elements]))
         self._sets[id(s)] = (s, text)
         return text
 
