@@ -995,17 +995,30 @@ def build_host_ruleset(
     view = resolved.enforcer(enforcer)
 
     workload_chains: list[Chain] = []
-    dispatch: dict[tuple[Direction, Family], list[MapElement]] = {
-        (d, f): [] for d in Direction for f in FAMILIES
-    }
+    # Plain local lists in the per-workload loop: (Direction, Family) keys would hash Enum
+    # members through Python code four times per workload.
+    in4: list[MapElement] = []
+    in6: list[MapElement] = []
+    eg4: list[MapElement] = []
+    eg6: list[MapElement] = []
     for lw in view.workloads:
-        for d in Direction:
-            chain = b.workload_chain(lw, d)
-            workload_chains.append(chain)
-            for fam in FAMILIES:
-                dispatch[(d, fam)].extend(
-                    MapElement(a, chain.name) for a in _family_ranges(lw.addresses, fam)
-                )
+        ingress = b.workload_chain(lw, Direction.INGRESS)
+        egress = b.workload_chain(lw, Direction.EGRESS)
+        workload_chains.append(ingress)
+        workload_chains.append(egress)
+        v4, v6 = lw.addresses.v4, lw.addresses.v6
+        if v4:
+            in4.extend(MapElement(a, ingress.name) for a in v4)
+            eg4.extend(MapElement(a, egress.name) for a in v4)
+        if v6:
+            in6.extend(MapElement(a, ingress.name) for a in v6)
+            eg6.extend(MapElement(a, egress.name) for a in v6)
+    dispatch: dict[tuple[Direction, Family], list[MapElement]] = {
+        (Direction.INGRESS, Family.IP): in4,
+        (Direction.INGRESS, Family.IP6): in6,
+        (Direction.EGRESS, Family.IP): eg4,
+        (Direction.EGRESS, Family.IP6): eg6,
+    }
 
     eg_rules = b.failsafe_rules(Direction.EGRESS)
     in_rules = b.failsafe_rules(Direction.INGRESS)
