@@ -58,6 +58,7 @@ from septum.engine.classes import (
     Witness,
     build_partition,
     pair_blocks,
+    peer_atom,
     port_intervals,
     protocols_for_version,
 )
@@ -73,7 +74,6 @@ from septum.model.resources import (
     IPAddress,
     IPNetwork,
     Mode,
-    PeerKind,
     Policy,
     PolicyMode,
     Protocol,
@@ -591,16 +591,7 @@ class _Sides:
                 if not r.alive_at(self.at):
                     continue
                 services.update(r.services)
-                for peer in r.peers:
-                    if peer.kind in (PeerKind.SELECTOR, PeerKind.SEGMENT):
-                        assert peer.selector is not None
-                        atoms.add(peer.selector)
-                    elif peer.kind is PeerKind.CIDR:
-                        assert peer.cidr is not None
-                        atoms.add(peer.cidr)
-                    elif peer.kind is PeerKind.NETWORK:
-                        assert peer.ref is not None
-                        atoms.add(peer.ref)
+                atoms.update(a for peer in r.peers if (a := peer_atom(peer)) is not None)
         for entry in failsafe:
             atoms.update(entry.cidrs)
             services.update(entry.services)

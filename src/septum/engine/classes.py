@@ -48,6 +48,7 @@ from septum.model.resources import (
     IPAddress,
     IPNetwork,
     Mode,
+    Peer,
     PeerKind,
     Policy,
     Protocol,
@@ -73,6 +74,7 @@ __all__ = [
     "address_ranges",
     "build_partition",
     "pair_blocks",
+    "peer_atom",
     "port_intervals",
     "protocols_for_version",
     "repository_services",
@@ -616,6 +618,19 @@ def pair_blocks(
             )
 
 
+def peer_atom(peer: Peer) -> Selector | IPNetwork | str | None:
+    """What a rule's peer reads of the remote endpoint: the selector (of a selector or
+    segment peer), the CIDR, or the network name; None for a users peer, which matches only
+    user sessions, never workloads or networks."""
+    if peer.kind in (PeerKind.SELECTOR, PeerKind.SEGMENT):
+        return peer.selector
+    if peer.kind is PeerKind.CIDR:
+        return peer.cidr
+    if peer.kind is PeerKind.NETWORK:
+        return peer.ref
+    return None
+
+
 def _remote_atoms(policies: Iterable[Policy], direction: Direction,
                   failsafe: Iterable[FailsafeEntry]) -> Atoms:
     """The atoms the ``direction`` rules of ``policies`` and the failsafe entries of that
@@ -626,15 +641,13 @@ def _remote_atoms(policies: Iterable[Policy], direction: Direction,
     for p in policies:
         for r in p.rules(direction) or ():
             for peer in r.peers:
-                if peer.kind in (PeerKind.SELECTOR, PeerKind.SEGMENT):
-                    assert peer.selector is not None
-                    selectors.add(peer.selector)
-                elif peer.kind is PeerKind.CIDR:
-                    assert peer.cidr is not None
-                    cidrs.add(peer.cidr)
-                elif peer.kind is PeerKind.NETWORK:
-                    assert peer.ref is not None
-                    networks.add(peer.ref)
+                atom = peer_atom(peer)
+                if isinstance(atom, Selector):
+                    selectors.add(atom)
+                elif isinstance(atom, str):
+                    networks.add(atom)
+                elif atom is not None:
+                    cidrs.add(atom)
     for entry in failsafe:
         if entry.direction is None or entry.direction is direction:
             cidrs.update(entry.cidrs)
