@@ -549,8 +549,14 @@ class RuleCache:
     # applicable policies and mode have identical chains but for the name.
     _workload_rules: dict[
         tuple[tuple[int, ...], int, int],
-        tuple[tuple[TierApplication, ...], tuple[NftRule, ...]],
+        tuple[
+            tuple[TierApplication, ...],
+            tuple[NftRule, ...],
+            tuple[tuple[Chain, tuple[_SetDecl, ...]], ...],
+        ],
     ] = field(default_factory=dict)
+    # tier chain name -> the jump rule to it (one object, so renders are shared too)
+    _jumps: dict[str, NftRule] = field(default_factory=dict)
     _defaults: dict[tuple[Direction, _DenyStyle | None], tuple[NftRule, ...]] = field(
         default_factory=dict
     )
@@ -575,7 +581,6 @@ class _Builder:
         self.tier_chain_sets: dict[str, tuple[str, ...]] = {}  # chain name → sets it declares
         self._pending: list[_SetDecl] = []
         self._chain_sets: dict[str, _SetDecl] = {}
-        self._jumps: dict[str, NftRule] = {}
         # workload-chain keys whose tier chains this builder has registered already
         self._registered: set[tuple[tuple[int, ...], int, int]] = set()
 
@@ -772,20 +777,27 @@ class _Builder:
         return hit
 
     def tier_chain(self, app: TierApplication, direction: Direction, mode: Mode) -> Chain | None:
-        """The (shared) chain of one tier for the given applicable policies and mode class."""
+        """The (shared) chain of one tier for the given applicable policies and mode class,
+        registered with this enforcer's ruleset."""
+        shared = self._tier_shared(app, direction, mode)
+        return None if shared is None else self._register(*shared)
+
+    def _tier_shared(
+        self, app: TierApplication, direction: Direction, mode: Mode
+    ) -> tuple[Chain, tuple[_SetDecl, ...]] | None:
         # Resolve interns TierApplications, so most calls are one memo hit by identity (the
         # memo holds the application, so its id cannot be reused while it is there).
         # ids of the enum singletons: hashing an Enum member runs Python code, an int does not
         ident = (id(app), id(direction), id(mode))
         memo = self.cache._by_app.get(ident)
         if memo is not None and memo[0] is app:
-            shared = memo[1]
-        else:
-            shared = self._shared_tier_chain(app, direction, mode)
-            self.cache._by_app[ident] = (app, shared)
-        if shared is None:
-            return None
-        chain, sets = shared
+            return memo[1]
+        shared = self._shared_tier_chain(app, direction, mode)
+        self.cache._by_app[ident] = (app, shared)
+        return shared
+
+    def _register(self, chain: Chain, sets: tuple[_SetDecl, ...]) -> Chain:
+        """Add a tier chain and the sets it references to this enforcer's ruleset (once)."""
         if chain.name not in self.tier_chains:
             for s in sets:
                 self.sets.setdefault(s.name, s)
@@ -846,12 +858,17 @@ class _Builder:
     def workload_chain(self, lw: LocalWorkload, direction: Direction) -> Chain:
         apps = lw.tiers(direction)
         key = (tuple(map(id, apps)), id(direction), id(lw.mode))
-        hit = self.cache._workload_rules.get(key)
-        if hit is not None and key in self._registered:
-            return self._named_chain(lw, direction, hit[1])
-        rules = self._workload_rules(lw, direction)
-        self.cache._workload_rules[key] = (apps, rules)
-        self._registered.add(key)
+        hit = self.cache._workload_rules.get(key)  # holds `apps`, so the ids stay theirs
+        if hit is None:
+            rules, tiers = self._workload_rules(lw, direction)
+            self.cache._workload_rules[key] = (apps, rules, tiers)
+            self._registered.add(key)
+        else:
+            rules, tiers = hit[1], hit[2]
+            if key not in self._registered:  # built for another enforcer: register its tiers
+                for chain, sets in tiers:
+                    self._register(chain, sets)
+                self._registered.add(key)
         return self._named_chain(lw, direction, rules)
 
     @staticmethod
@@ -862,21 +879,26 @@ class _Builder:
             comment=_comment_text(f"workload {lw.name} {direction.value} ({lw.mode.value})"),
         )
 
-    def _workload_rules(self, lw: LocalWorkload, direction: Direction) -> tuple[NftRule, ...]:
+    def _workload_rules(
+        self, lw: LocalWorkload, direction: Direction
+    ) -> tuple[tuple[NftRule, ...], tuple[tuple[Chain, tuple[_SetDecl, ...]], ...]]:
         """Jumps to the tier chains that apply, then the repository default; registers those
-        tier chains and their sets with this enforcer's ruleset."""
+        tier chains and their sets with this enforcer's ruleset and returns them too."""
         rules: list[NftRule] = []
+        tiers: list[tuple[Chain, tuple[_SetDecl, ...]]] = []
         for app in lw.tiers(direction):
-            tc = self.tier_chain(app, direction, lw.mode)
-            if tc is not None:
-                jump = self._jumps.get(tc.name)
+            shared = self._tier_shared(app, direction, lw.mode)
+            if shared is not None:
+                tc = self._register(*shared)
+                tiers.append(shared)
+                jump = self.cache._jumps.get(tc.name)
                 if jump is None:
                     prov = Provenance(app.tier.name, None, direction, note="jump")
                     jump = NftRule((), Verdict.JUMP, prov, target=tc.name, counter=False)
-                    self._jumps[tc.name] = jump
+                    self.cache._jumps[tc.name] = jump
                 rules.append(jump)
         rules.extend(self._default_rules(direction, lw.mode))
-        return tuple(rules)
+        return tuple(rules), tuple(tiers)
 
     # ------------------------------------------------------------ failsafe and base chains
 
