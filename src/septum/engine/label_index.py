@@ -52,6 +52,14 @@ class LabelIndex:
         # truth can change: ``k == v``/``!=``/``in``/``not in`` by (key, value); ``has(k)``
         # by key (presence changes only); other operators by key.
         self._atom_readers: defaultdict[tuple[str, str, str], set[Selector]] = defaultdict(set)
+        # Anchors (after Calico's label index): a selector that is ``k == "v"`` or a
+        # conjunction with such atoms can select only endpoints labelled k=v. It is anchored
+        # on its rarest such pair and re-tested only for endpoints that have that pair before
+        # or after a change, instead of for every endpoint whose value of a read key changed.
+        # Selectors without an equality conjunct stay in ``_atom_readers``/``_unanchored``.
+        self._anchor: dict[Selector, tuple[str, str]] = {}
+        self._anchored: defaultdict[tuple[str, str], set[Selector]] = defaultdict(set)
+        self._unanchored: set[Selector] = set()
 
     # ---------------------------------------------------------------- queries
 
@@ -96,8 +104,14 @@ class LabelIndex:
             self._readers[key].add(selector)
         if not selector.keys:
             self._readers[""].add(selector)  # all(): re-tested only when endpoints come/go
-        for atom in self._atoms(selector.expr):
-            self._atom_readers[atom].add(selector)
+        anchor = self._choose_anchor(selector.expr)
+        if anchor is not None:
+            self._anchor[selector] = anchor
+            self._anchored[anchor].add(selector)
+        else:
+            self._unanchored.add(selector)
+            for atom in self._atoms(selector.expr):
+                self._atom_readers[atom].add(selector)
         for endpoint in members:
             self._selected_by[endpoint].add(selector)
         return frozenset(members)
@@ -112,8 +126,13 @@ class LabelIndex:
             self._selected_by[endpoint].discard(selector)
         for key in selector.keys or ("",):
             self._readers[key].discard(selector)
-        for atom in self._atoms(selector.expr):
-            self._atom_readers[atom].discard(selector)
+        anchor = self._anchor.pop(selector, None)
+        if anchor is not None:
+            self._anchored[anchor].discard(selector)
+        else:
+            self._unanchored.discard(selector)
+            for atom in self._atoms(selector.expr):
+                self._atom_readers[atom].discard(selector)
 
     # ---------------------------------------------------------------- endpoints
 
@@ -127,7 +146,11 @@ class LabelIndex:
         old = self._labels.get(endpoint)
         labels = dict(labels)
         if old is None:
-            candidates: Iterable[Selector] = self._members
+            # unanchored selectors, and anchored ones whose pair the new endpoint has
+            found_new = set(self._unanchored)
+            for pair in labels.items():
+                found_new |= self._anchored.get(pair, set())
+            candidates: Iterable[Selector] = found_new
         else:
             changed = {k for k in old.keys() | labels.keys() if old.get(k) != labels.get(k)}
             if not changed:
@@ -143,6 +166,11 @@ class LabelIndex:
                 if (was is None) != (now_value is None):
                     found.update(readers.get(("has", key, ""), ()))
                 found.update(readers.get(("other", key, ""), ()))
+            anchored = self._anchored
+            for pair in {*old.items(), *labels.items()}:
+                for selector in anchored.get(pair, ()):
+                    if not selector.keys.isdisjoint(changed):
+                        found.add(selector)
             candidates = found
             self._unpost(endpoint, old)
         self._labels[endpoint] = labels
@@ -187,6 +215,16 @@ class LabelIndex:
         }
 
     # ---------------------------------------------------------------- internals
+
+    def _choose_anchor(self, expr: Expr) -> tuple[str, str] | None:
+        """The rarest ``k == "v"`` pair that every member must carry, if any."""
+        conjuncts = expr.operands if isinstance(expr, And) else (expr,)
+        pairs = [
+            (c.key, c.values[0]) for c in conjuncts if isinstance(c, Compare) and c.op == Op.EQ
+        ]
+        if not pairs:
+            return None
+        return min(pairs, key=lambda p: (len(self._by_pair.get(p, ())), p))
 
     @staticmethod
     def _atoms(expr: Expr) -> list[tuple[str, str, str]]:
