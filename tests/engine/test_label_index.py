@@ -128,3 +128,16 @@ def test_incremental_equals_recomputation(
         assert {s: index.members(s) for s in truth} == truth
         for endpoint in index.endpoints:
             assert index.selectors_of(endpoint) == {s for s, m in truth.items() if endpoint in m}
+
+
+@given(st.lists(st.tuples(ENDPOINTS, LABELS), max_size=12))
+def test_evaluate_equals_registered_members(endpoints: list[tuple[str, dict[str, str]]]) -> None:
+    """One-shot evaluation and a registered selector agree, and evaluate registers nothing."""
+    index = LabelIndex()
+    for name, labels in endpoints:
+        index.upsert_endpoint(name, labels)
+    for s in SELECTORS:
+        once = index.evaluate(s)
+        assert s not in index.selectors
+        assert once == index.add_selector(s)
+        assert once == frozenset(e for e in index.endpoints if s.matches(index.labels(e) or {}))

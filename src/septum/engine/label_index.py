@@ -87,6 +87,13 @@ class LabelIndex:
     def selectors(self) -> frozenset[Selector]:
         return frozenset(self._members)
 
+    def evaluate(self, selector: Selector) -> frozenset[str]:
+        """Members of ``selector`` now, by set algebra, without registering it: no deltas
+        will be tracked for it. For one-shot resolution, where registering (reverse index,
+        readers, anchors) would be wasted work. Cost: as :meth:`add_selector`'s algebra."""
+        found = self._members.get(selector)
+        return frozenset(found if found is not None else self._evaluate(selector.expr))
+
     # ---------------------------------------------------------------- selectors
 
     def add_selector(self, selector: Selector) -> frozenset[str]:

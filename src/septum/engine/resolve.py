@@ -400,7 +400,7 @@ def resolve_policy(repo: Repository, at: datetime) -> ResolvedPolicy:
     selectors: dict[str, ResolvedSelector] = {}
     union_of = _AddressUnion(wl_addrs, all_workload_addresses)
     for sel in sorted(endpoint_selectors, key=lambda s: s.text):
-        members = index.add_selector(sel)
+        members = index.evaluate(sel)  # one-shot: nothing to track incrementally
         wnames = frozenset(m[2:] for m in members if m.startswith(WORKLOAD_ID))
         nnames = frozenset(m[2:] for m in members if m.startswith(NETWORK_ID))
         addresses = SelectorAddresses(
@@ -412,7 +412,7 @@ def resolve_policy(repo: Repository, at: datetime) -> ResolvedPolicy:
         selectors[sel.text] = ResolvedSelector(sel, wnames, nnames, addresses)
     user_selectors: dict[str, ResolvedUsersSelector] = {}
     for sel in sorted(users_selectors, key=lambda s: s.text):
-        unames = frozenset(m[2:] for m in uindex.add_selector(sel))
+        unames = frozenset(m[2:] for m in uindex.evaluate(sel))
         uaddr = (
             AddressSet.union([user_addrs[n] for n in unames], ranges=False)
             if unames
