@@ -4,9 +4,9 @@
 enforcer:
 
 - every interned selector used by the policy (``appliesTo``, ``selector:`` and ``segment:``
-  peers) with its members, computed by the :class:`~septum.engine.label_index.LabelIndex`
-  over workloads and networks (endpoint ids ``w:<name>`` and ``n:<name>``); ``users:``
-  selectors in a second index over users only (``u:<name>``), since they match users only;
+  peers) with their members, computed by set algebra in one
+  :class:`~septum.engine.label_index.LabelIndex` per kind (workloads, networks, users; a
+  ``users:`` selector is evaluated over users only, since it matches users only);
 - the address sets of those selectors at time ``at``;
 - tiers sorted by (order, name), their policies by (order, name), staged policies kept but
   flagged, rules that expired at ``at`` dropped;
@@ -66,10 +66,6 @@ __all__ = [
     "minimal_ranges",
     "resolve_policy",
 ]
-
-WORKLOAD_ID = "w:"
-NETWORK_ID = "n:"
-USER_ID = "u:"
 
 
 # ------------------------------------------------------------------------------- addresses
@@ -388,21 +384,20 @@ def resolve_policy(repo: Repository, at: datetime) -> ResolvedPolicy:
 
     # Selector membership through the label indexes.
     endpoint_selectors, users_selectors = _peer_selectors(repo.policies)
-    index = LabelIndex()
+    # One index per kind, keyed by plain names: members need no prefix filtering.
+    windex, nindex, uindex = LabelIndex(), LabelIndex(), LabelIndex()
     for w in repo.workloads:
-        index.upsert_endpoint(WORKLOAD_ID + w.name, w.labels)
+        windex.upsert_endpoint(w.name, w.labels)
     for n in repo.networks:
-        index.upsert_endpoint(NETWORK_ID + n.name, n.labels)
-    uindex = LabelIndex()
+        nindex.upsert_endpoint(n.name, n.labels)
     for u in repo.users:
-        uindex.upsert_endpoint(USER_ID + u.name, u.labels)
+        uindex.upsert_endpoint(u.name, u.labels)
 
     selectors: dict[str, ResolvedSelector] = {}
     union_of = _AddressUnion(wl_addrs, all_workload_addresses)
     for sel in sorted(endpoint_selectors, key=lambda s: s.text):
-        members = index.evaluate(sel)  # one-shot: nothing to track incrementally
-        wnames = frozenset(m[2:] for m in members if m.startswith(WORKLOAD_ID))
-        nnames = frozenset(m[2:] for m in members if m.startswith(NETWORK_ID))
+        wnames = windex.evaluate(sel)  # one-shot: nothing to track incrementally
+        nnames = nindex.evaluate(sel)
         addresses = SelectorAddresses(
             workloads=union_of(wnames) if wnames else AddressSet(),
             networks=AddressSet.union([net_ranges[n] for n in nnames], ranges=True)
@@ -412,7 +407,7 @@ def resolve_policy(repo: Repository, at: datetime) -> ResolvedPolicy:
         selectors[sel.text] = ResolvedSelector(sel, wnames, nnames, addresses)
     user_selectors: dict[str, ResolvedUsersSelector] = {}
     for sel in sorted(users_selectors, key=lambda s: s.text):
-        unames = frozenset(m[2:] for m in uindex.evaluate(sel))
+        unames = uindex.evaluate(sel)
         uaddr = (
             AddressSet.union([user_addrs[n] for n in unames], ranges=False)
             if unames

@@ -50,8 +50,6 @@ from types import MappingProxyType
 
 from septum.engine.label_index import LabelIndex
 from septum.engine.resolve import (
-    NETWORK_ID,
-    WORKLOAD_ID,
     AddressSet,
     LocalWorkload,
     ResolvedPolicy,
@@ -98,6 +96,10 @@ from septum.render.nft import (
     render_rule,
     render_set_delta,
 )
+
+# Endpoint ids in this compiler's label index, which holds workloads and networks together.
+WORKLOAD_ID = "w:"
+NETWORK_ID = "n:"
 
 __all__ = ["EnforcerUpdate", "IncrementalCompiler", "Update"]
 
