@@ -659,17 +659,14 @@ class Evaluator:
         plan: _Plan,
     ) -> SideDecision:
         """Steps 1-4 of "Evaluating one flow" for one endpoint and direction (plus failsafe)."""
-        mode = workload.mode
         at = flow.at
         for index, entry in self._failsafe[direction]:
             if _failsafe_matches(entry, remote.address, flow.protocol, flow.port):
-                return SideDecision(
-                    direction=direction,
-                    workload=workload.name,
-                    mode=mode,
-                    verdict=Verdict.ALLOW,
-                    enforced=_enforced(mode, Verdict.ALLOW, DecidedBy.FAILSAFE),
-                    decided_by=DecidedBy.FAILSAFE,
+                return _decided(
+                    workload,
+                    direction,
+                    Verdict.ALLOW,
+                    DecidedBy.FAILSAFE,
                     failsafe_index=index,
                 )
 
@@ -716,13 +713,11 @@ class Evaluator:
                         tuple(logs),
                     )
                 )
-                return SideDecision(
-                    direction=direction,
-                    workload=workload.name,
-                    mode=mode,
-                    verdict=Verdict.DENY,
-                    enforced=_enforced(mode, Verdict.DENY, DecidedBy.TIER_DEFAULT),
-                    decided_by=DecidedBy.TIER_DEFAULT,
+                return _decided(
+                    workload,
+                    direction,
+                    Verdict.DENY,
+                    DecidedBy.TIER_DEFAULT,
                     tiers=tuple(visited),
                 )
             policy, rule = deciding
@@ -732,24 +727,20 @@ class Evaluator:
             if outcome is TierOutcome.PASS:
                 continue
             verdict = Verdict.ALLOW if outcome is TierOutcome.ALLOW else Verdict.DENY
-            return SideDecision(
-                direction=direction,
-                workload=workload.name,
-                mode=mode,
-                verdict=verdict,
-                enforced=_enforced(mode, verdict, DecidedBy.RULE),
-                decided_by=DecidedBy.RULE,
+            return _decided(
+                workload,
+                direction,
+                verdict,
+                DecidedBy.RULE,
                 tiers=tuple(visited),
                 rule=ref,
             )
 
-        return SideDecision(
-            direction=direction,
-            workload=workload.name,
-            mode=mode,
-            verdict=self._default,
-            enforced=_enforced(mode, self._default, DecidedBy.REPOSITORY_DEFAULT),
-            decided_by=DecidedBy.REPOSITORY_DEFAULT,
+        return _decided(
+            workload,
+            direction,
+            self._default,
+            DecidedBy.REPOSITORY_DEFAULT,
             tiers=tuple(visited),
         )
 
@@ -806,6 +797,30 @@ _RULE_OUTCOME = {
 
 def _ref(tier: Tier, policy: Policy, direction: Direction, rule: Rule) -> RuleRef:
     return RuleRef(tier.name, policy.name, direction, rule.index, rule.action, rule.description)
+
+
+def _decided(
+    workload: Workload,
+    direction: Direction,
+    verdict: Verdict,
+    decided_by: DecidedBy,
+    *,
+    tiers: tuple[TierDecision, ...] = (),
+    rule: RuleRef | None = None,
+    failsafe_index: int | None = None,
+) -> SideDecision:
+    """A side's decision; whether its mode enforces it is derived here, in one place."""
+    return SideDecision(
+        direction=direction,
+        workload=workload.name,
+        mode=workload.mode,
+        verdict=verdict,
+        enforced=_enforced(workload.mode, verdict, decided_by),
+        decided_by=decided_by,
+        tiers=tiers,
+        rule=rule,
+        failsafe_index=failsafe_index,
+    )
 
 
 def _all_allow(sides: list[SideDecision]) -> Verdict:
