@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from septum.cli.agent import agent_command
 from septum.errors import SeptumError, ValidationError
 from septum.model.resources import Repository
 from septum.runtime import gc_paused
@@ -386,6 +387,9 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
     for e in explained:
         _print_explanation(e)
     raise typer.Exit(0 if report.passed else 1)
+
+
+app.command("agent")(agent_command)
 
 
 def _nft_check(nft: str | None, script: str) -> str:

@@ -249,6 +249,20 @@ class SideDecision:
     def describe(self) -> str:
         return f"{self.direction.value} at {self.workload} by {self.reason()}"
 
+    @property
+    def provenance(self) -> str:
+        """What decided, in the form compiled rules carry in their comments and log
+        prefixes: ``tier/policy/direction/index``, ``tier/*/direction/default``,
+        ``*/*/direction/default`` or ``septum/failsafe/direction/index``."""
+        d = self.direction.value
+        if self.decided_by is DecidedBy.RULE and self.rule is not None:
+            return f"{self.rule.tier}/{self.rule.policy}/{d}/{self.rule.index}"
+        if self.decided_by is DecidedBy.TIER_DEFAULT:
+            return f"{self.tier}/*/{d}/default"
+        if self.decided_by is DecidedBy.FAILSAFE:
+            return f"septum/failsafe/{d}/{self.failsafe_index}"
+        return f"*/*/{d}/default"
+
     def to_json(self) -> dict[str, object]:
         return {
             "direction": self.direction.value,

@@ -109,6 +109,7 @@ class AddressSet:
 
     @classmethod
     def of_ranges(cls, ranges: Iterable[IPNetwork]) -> AddressSet:
+        ranges = list(ranges)  # may be a generator: it is walked twice
         v4 = [r for r in ranges if isinstance(r, IPv4Network)]
         v6 = [r for r in ranges if isinstance(r, IPv6Network)]
         return cls(

@@ -120,6 +120,7 @@ __all__ = [
     "WorkloadChains",
     "apply_delta",
     "attributed_set_name",
+    "build_fail_closed_ruleset",
     "build_host_ruleset",
     "build_workload_chains",
     "diff_rulesets",
@@ -1092,6 +1093,59 @@ def build_host_ruleset(
         maps=tuple(sorted(maps, key=lambda m: m.name)),
         table=settings.table,
     )
+
+
+def build_fail_closed_ruleset(
+    enforcer: str,
+    failsafe: tuple[FailsafeEntry, ...],
+    at: datetime,
+    settings: NftSettings | None = None,
+) -> HostRuleset:
+    """The table an agent installs when it has no policy to apply (first start with the
+    source unreachable, or a corrupt state file): established connections, loopback and the
+    failsafe allow-list pass; everything else is logged as denied and dropped.
+
+    Local addresses are unknown here, so an egress failsafe entry is matched on output and
+    forward, an ingress entry on input and forward.
+    """
+    settings = settings or NftSettings()
+    prov_drop = Provenance(note="fail-closed")
+    drop = NftRule(
+        (),
+        Verdict.DROP,
+        prov_drop,
+        log=LogStatement(settings.deny_group, "septum deny septum/fail-closed "),
+    )
+
+    chains: list[Chain] = []
+    for hook, directions in (
+        (Hook.INPUT, (Direction.INGRESS,)),
+        (Hook.OUTPUT, (Direction.EGRESS,)),
+        (Hook.FORWARD, (Direction.EGRESS, Direction.INGRESS)),
+    ):
+        base = _base_chain(hook, settings.priority)
+        rules = [r for r in base.rules if r.verdict is not Verdict.GOTO]
+        for d in directions:
+            rules.extend(_fail_closed_failsafe(failsafe, d))
+        rules.append(drop)
+        chains.append(replace(base, rules=tuple(rules), comment="fail-closed: no policy yet"))
+    return HostRuleset(
+        enforcer=enforcer, at=at, chains=tuple(chains), sets=(), maps=(), table=settings.table
+    )
+
+
+def _fail_closed_failsafe(
+    entries: tuple[FailsafeEntry, ...], direction: Direction
+) -> list[NftRule]:
+    out: list[NftRule] = []
+    for i, entry in enumerate(entries):
+        if entry.direction is not None and entry.direction is not direction:
+            continue
+        peers = tuple(Peer(PeerKind.CIDR, cidr=c) for c in entry.cidrs)
+        prov = Provenance(None, None, None, i, note=f"failsafe/{direction.value}")
+        expanded = _failsafe_expand(peers, entry.services, direction)
+        out.extend(NftRule(m, Verdict.ACCEPT, prov) for m in expanded.alternatives)
+    return out
 
 
 def _named_set(cache: RuleCache, s: _SetDecl) -> NamedSet:

@@ -9,6 +9,7 @@ is what a user can click on in a terminal.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from septum.model.parse import UnresolvedReferences, parse_documents
 from septum.model.resources import Repository
 from septum.sources.yamldoc import parse_yaml
 
-__all__ = ["load_repository", "repository_files"]
+__all__ = ["load_repository", "repository_digest", "repository_files"]
 
 _SUFFIXES = (".yaml", ".yml")
 
@@ -36,6 +37,21 @@ def repository_files(path: Path) -> list[Path]:
             if not name.startswith(".") and name.lower().endswith(_SUFFIXES)
         )
     return sorted(found, key=lambda p: p.relative_to(path).parts)
+
+
+def repository_digest(path: Path) -> str:
+    """A sha256 over the repository's files (relative paths and contents, in load order):
+    equal digests mean an agent and the lab see the same desired state. Unreadable files
+    count by name only. Cost: reads every file once."""
+    h = hashlib.sha256()
+    for file in repository_files(path):
+        rel = file.relative_to(path) if path.is_dir() else Path(file.name)
+        h.update(str(rel).encode() + b"\0")
+        try:
+            h.update(hashlib.sha256(file.read_bytes()).digest())
+        except OSError:
+            h.update(b"unreadable")
+    return h.hexdigest()
 
 
 def _decode(data: bytes, file: str) -> tuple[str, Problem | None]:

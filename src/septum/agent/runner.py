@@ -1,0 +1,84 @@
+"""Wiring of a real agent process: nft CLI backend, conntrack, flow recorder, signals.
+
+::
+
+    RepositorySource ──► Agent ──► NftCli (nft -f -, one transaction)
+                           │  └──► ConntrackCli (delete revoked entries)
+                           └─ provenance_of ◄── FlowRecorder (nflog + conntrack events)
+                                                      └──► flows.jsonl
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from septum.agent.agent import Agent, AgentSettings, SyncOutcome
+from septum.agent.backend import NftCli
+from septum.agent.source import DesiredStateSource
+
+__all__ = ["FlowOptions", "run_agent"]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOptions:
+    sink: Path
+    interval: float = 5.0
+
+
+def run_agent(
+    settings: AgentSettings,
+    source: DesiredStateSource,
+    *,
+    flows: FlowOptions | None = None,
+    once: bool = False,
+    report: Callable[[str], None] = print,
+) -> int:
+    """Run until SIGTERM/SIGINT (or one sync with ``once``). Exit status: 0, or 1 when
+    ``once`` could not apply the desired state (the previous ruleset stays in force)."""
+    from septum.agent.conntrack import ConntrackCli, enable_accounting
+
+    enable_accounting()
+    agent = Agent(settings, source, NftCli(), conntrack=ConntrackCli(), report=report)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    agent.start()
+    agent.write_status()
+    recorder = None
+    if flows is not None:
+        from septum.agent.capture import FlowRecorder
+
+        recorder = FlowRecorder(
+            enforcer=settings.enforcer,
+            sink=flows.sink,
+            interval=flows.interval,
+            deny_group=settings.nft.deny_group,
+            would_deny_group=settings.nft.would_deny_group,
+            log_group=settings.nft.log_group,
+            explain_accepted=lambda key: agent.provenance_of(
+                key.source, key.destination, key.protocol, key.port
+            ),
+        )
+        recorder.start()
+    try:
+        if once:
+            result = agent.sync(force=True)
+            ok = result.outcome in (SyncOutcome.FULL, SyncOutcome.DELTA, SyncOutcome.UNCHANGED)
+            return 0 if ok else 1
+        while not stop.is_set():
+            agent.sync()
+            stop.wait(settings.poll_interval)
+        return 0
+    finally:
+        if recorder is not None:
+            recorder.stop()
