@@ -1,0 +1,56 @@
+"""A fake ``NftBackend`` for unit tests of the agent's logic (never for enforcement tests:
+those run real nft in network namespaces). It records every transaction and tracks which
+tables a whole-table script leaves behind; it can be told to reject transactions."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from septum.agent.backend import ApplyFailed
+
+__all__ = ["FakeNft"]
+
+_DELETE = re.compile(r"^delete table (\w+) (\w+)$", re.M)
+_DEFINE = re.compile(r"^table (\w+) (\w+) \{$", re.M)
+_ELEMENT = re.compile(r"^(add|delete) element (\w+) (\w+) ", re.M)
+
+
+@dataclass
+class FakeNft:
+    """``applied`` lists accepted scripts in order; ``reject`` makes the next N
+    transactions fail (nothing applied), like nft refusing a script."""
+
+    applied: list[str] = field(default_factory=list)
+    tables: set[tuple[str, str]] = field(default_factory=set)
+    reject: int = 0
+    reject_message: str = "Error: syntax error (fake)"
+
+    def apply(self, script: str) -> None:
+        if self.reject > 0:
+            self.reject -= 1
+            raise ApplyFailed(self.reject_message)
+        tables = set(self.tables)
+        for family, table in _DELETE.findall(script):
+            if (family, table) not in tables and f"table {family} {table}\n" not in script:
+                raise ApplyFailed(f"No such file or directory: table {family} {table}")
+            tables.discard((family, table))
+        for family, table in _DEFINE.findall(script):
+            tables.add((family, table))
+        for _, family, table in _ELEMENT.findall(script):
+            if (family, table) not in tables:
+                raise ApplyFailed(f"No such file or directory: table {family} {table}")
+        self.tables = tables
+        self.applied.append(script)
+
+    def table_exists(self, family: str, table: str) -> bool:
+        return (family, table) in self.tables
+
+    def list_table(self, family: str, table: str) -> str | None:
+        if (family, table) not in self.tables:
+            return None
+        return next(s for s in reversed(self.applied) if f"table {family} {table} {{" in s)
+
+    @property
+    def last(self) -> str:
+        return self.applied[-1]
