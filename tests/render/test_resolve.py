@@ -145,3 +145,15 @@ def test_order_of_input_tuples_does_not_matter() -> None:
         networks=tuple(reversed(r.networks)),
     )
     assert resolve_policy(shuffled, T0) == resolve_policy(r, T0)
+
+
+def test_address_set_of_ranges_keeps_both_families_from_a_generator() -> None:
+    # Regression: a generator was consumed by the IPv4 pass, so IPv6 failsafe CIDRs vanished.
+    from ipaddress import ip_network
+
+    from septum.engine.resolve import AddressSet
+
+    nets = [ip_network("198.18.0.10/32"), ip_network("2001:db8::10/128")]
+    got = AddressSet.of_ranges(n for n in nets)
+    assert got.v4 == (nets[0],)
+    assert got.v6 == (nets[1],)
