@@ -1016,6 +1016,10 @@ def build_host_ruleset(
         cache = RuleCache(resolved, settings)
     b = _Builder(cache, settings)
     view = resolved.enforcer(enforcer)
+    if not view.workloads:
+        # Every local workload is idle (or none names this enforcer): nothing is installed,
+        # not even the base chains, so the host behaves exactly as if unmanaged.
+        return HostRuleset(enforcer, resolved.at, (), (), (), table=settings.table)
 
     workload_chains: list[Chain] = []
     # Plain local lists in the per-workload loop: (Direction, Family) keys would hash Enum
