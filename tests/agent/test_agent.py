@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from septum.agent.agent import Agent, AgentSettings, StartOutcome, SyncOutcome
+from septum.agent.conntrack import ConntrackEntry
 from septum.agent.source import RepositorySource
 from septum.agent.state import StateStore
 from septum.model.parse import parse_service_port
 from septum.model.resources import Direction, FailsafeEntry
-from septum.testing.nft import FakeNft
+from septum.testing.fakes import FakeConntrackTable, FakeNft
 from tests.conftest import EXAMPLES, EXAMPLES_AT
 
 ENFORCER = "host-dev-docker-1"
@@ -251,43 +252,19 @@ def test_damaged_journal_middle_is_corrupt(tmp_path: Path) -> None:
         StateStore(tmp_path / "state").load()
 
 
-class _Table:
-    """A conntrack table of fixed entries (the real one is tested in the kernel tests)."""
-
-    def __init__(self, entries: list[object]) -> None:
-        self.rows = entries
-        self.deleted: list[object] = []
-
-    def entries(self) -> list[object]:
-        return list(self.rows)
-
-    def delete(self, entries: object) -> int:
-        got = list(entries)  # type: ignore[call-overload]
-        self.deleted.extend(got)
-        return len(got)
-
-
 def test_revoked_flows_lose_their_conntrack_entries(tmp_path: Path) -> None:
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Entry:
-        protocol: str
-        source: object
-        destination: object
-        destination_port: int
-
     web, api = ip_address("198.18.30.11"), ip_address("198.18.30.21")
-    allowed = Entry("tcp", web, api, 8080)  # shop web -> api: allowed in examples
-    denied = Entry("tcp", web, api, 9999)
-    table = _Table([allowed, denied])
+    # shop web -> api on 8080 is allowed in the examples; 9999 is not.
+    allowed = ConntrackEntry(4, "tcp", web, api, 40000, 8080, "ESTABLISHED")
+    denied = ConntrackEntry(4, "tcp", web, api, 40001, 9999, "ESTABLISHED")
+    table = FakeConntrackTable([allowed, denied])
     repo = _repo(tmp_path)
     settings = AgentSettings(enforcer=ENFORCER, state_dir=tmp_path / "state")
     agent = Agent(
         settings,
         RepositorySource(repo),
         FakeNft(),
-        conntrack=table,  # type: ignore[arg-type]
+        conntrack=table,
         clock=lambda: EXAMPLES_AT,
     )
     agent.start()
@@ -296,9 +273,8 @@ def test_revoked_flows_lose_their_conntrack_entries(tmp_path: Path) -> None:
     # Revoke web -> api 8080: the established entry goes too.
     f = repo / "services.yaml"
     f.write_text(f.read_text().replace("8080", "8081"))
-    table.deleted.clear()
-    assert agent.sync().revoked == 2
-    assert allowed in table.deleted
+    assert agent.sync().revoked == 1
+    assert table.deleted == [denied, allowed]
 
 
 def test_provenance_of_an_accepted_flow_names_both_sides(tmp_path: Path) -> None:
@@ -307,3 +283,25 @@ def test_provenance_of_an_accepted_flow_names_both_sides(tmp_path: Path) -> None
     agent.sync()
     got = agent.provenance_of(ip_address("198.18.30.11"), ip_address("198.18.30.21"), "tcp", 8080)
     assert got == ("shop/shop-web/egress/0", "shop/shop-api/ingress/0")
+
+
+def test_visibility_denies_are_reported_by_evaluation_not_by_rules(tmp_path: Path) -> None:
+    # billing-api-staging-1 (198.18.21.21) is in visibility mode: its enforcer installs no
+    # rules, so its would-be denies come from evaluating accepted flows.
+    repo = _repo(tmp_path)
+    nft = FakeNft()
+    settings = AgentSettings(enforcer="vm-billing-api-staging-1", state_dir=tmp_path / "s")
+    agent = Agent(settings, RepositorySource(repo), nft, clock=lambda: EXAMPLES_AT)
+    agent.start()
+    agent.sync()
+    assert "chain input" not in nft.last  # nothing installed
+    web, api = ip_address("198.18.30.11"), ip_address("198.18.21.21")
+    got = agent.unlogged_would_deny(web, api, "tcp", 22)
+    assert got
+    assert all(p.endswith(("/default", "/0", "/1", "/2")) for p in got)
+    assert all("/ingress/" in p for p in got)
+    # The same flow seen by an enforced host's agent: its denies are logged by its rules.
+    other = _agent(tmp_path / "o", repo, FakeNft())
+    other.start()
+    other.sync()
+    assert other.unlogged_would_deny(web, api, "tcp", 22) == ()

@@ -180,5 +180,7 @@ def test_demo_runs_the_main_job() -> None:
     data = json.loads(output)
     assert data["assertions"]["passed"] is True
     assert len(data["enforcers"]) == len(set(e["enforcer"] for e in data["enforcers"])) >= 10
-    assert all(e["rules"] > 0 for e in data["enforcers"])
+    # Enforcers whose workloads are all idle or in visibility install nothing.
+    empty = {e["enforcer"] for e in data["enforcers"] if e["rules"] == 0}
+    assert empty == {"vm-billing-db-dev-1", "vm-billing-api-staging-1"}
     assert {e["verdict"] for e in data["explained"]} <= {"allow", "deny"}

@@ -334,7 +334,6 @@ def _is_log_accept(r: NftRule) -> bool:
         (Mode.ENFORCED, True, True),
         (Mode.SELECTIVE, True, False),
         (Mode.TEST, False, False),
-        (Mode.VISIBILITY, False, False),
     ],
 )
 def test_mode_verdicts(mode: Mode, explicit_drops: bool, defaults_drop: bool) -> None:
@@ -355,11 +354,13 @@ def test_mode_verdicts_in_text() -> None:
     assert 'log prefix "septum would-deny */*/ingress/default " group 2 accept' in text
 
 
-def test_idle_workload_has_no_chain_and_no_dispatch() -> None:
+@pytest.mark.parametrize("mode", [Mode.IDLE, Mode.VISIBILITY])
+def test_idle_and_visibility_workloads_have_no_chain_and_no_dispatch(mode: Mode) -> None:
+    # Visibility is observed by the agent (conntrack + evaluation), not by kernel rules.
     rs = _ruleset("modes", "h1")
     names = {c.name for c in rs.chains}
     for d in Direction:
-        assert workload_chain_name("svc-idle", d) not in names
+        assert workload_chain_name(f"svc-{mode.value}", d) not in names
         assert workload_chain_name("svc-enforced", d) in names
     keys = {str(e.key) for m in rs.maps for e in m.elements}
     assert "198.18.1.1/32" not in keys  # svc-idle (Mode order: idle first)

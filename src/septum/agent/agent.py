@@ -25,21 +25,21 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Protocol as TypingProtocol
 
 from septum.agent.backend import ApplyFailed, NftBackend
+from septum.agent.conntrack import ConntrackEntry, ConntrackTable
 from septum.agent.source import DesiredStateSource, SourceUnavailable
 from septum.agent.state import AppliedMeta, CorruptState, StateStore
 from septum.engine.explain import Evaluator, Explanation, Flow, Verdict
 from septum.engine.resolve import resolve_policy
 from septum.errors import ValidationError
-from septum.model.resources import FailsafeEntry, Protocol, Repository
+from septum.model.resources import FailsafeEntry, Mode, Protocol, Repository
 from septum.render.hostruleset import (
     HostRuleset,
     NftSettings,
@@ -52,30 +52,10 @@ from septum.render.nft import render_nft, render_set_delta
 __all__ = [
     "Agent",
     "AgentSettings",
-    "RevocationTable",
     "StartOutcome",
     "SyncOutcome",
     "SyncResult",
 ]
-
-
-class RevocationTable(TypingProtocol):
-    """The part of the conntrack port the agent needs to cut revoked connections."""
-
-    def entries(self) -> list[_Entry]: ...
-
-    def delete(self, entries: Iterable[_Entry]) -> int: ...
-
-
-class _Entry(TypingProtocol):
-    @property
-    def protocol(self) -> str: ...
-    @property
-    def source(self) -> IPv4Address | IPv6Address: ...
-    @property
-    def destination(self) -> IPv4Address | IPv6Address: ...
-    @property
-    def destination_port(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +114,7 @@ class Agent:
         source: DesiredStateSource,
         backend: NftBackend,
         *,
-        conntrack: RevocationTable | None = None,
+        conntrack: ConntrackTable | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         report: Callable[[str], None] = lambda message: None,
     ) -> None:
@@ -148,6 +128,7 @@ class Agent:
         self.ruleset: HostRuleset | None = None  # what the kernel holds, when known
         self.source_digest: str | None = None  # of the desired state applied last
         self.evaluator: Evaluator | None = None
+        self.local_workloads: frozenset[str] = frozenset()
         self.last_error: str | None = None
         self._compiled_at = -1e9  # monotonic time of the last compile
         self._rejected: SyncResult | None = None  # the last invalid or refused source
@@ -238,6 +219,9 @@ class Agent:
         result = self.apply_ruleset(ruleset, digest, at)
         if result.outcome in (SyncOutcome.FULL, SyncOutcome.DELTA, SyncOutcome.UNCHANGED):
             self.evaluator = Evaluator(repo)
+            self.local_workloads = frozenset(
+                w.name for w in repo.workloads if w.enforcer == self.settings.enforcer
+            )
             if result.outcome is not SyncOutcome.UNCHANGED and self.settings.cut_revoked:
                 result = _with(result, revoked=self.cut_revoked(at))
         return result
@@ -286,7 +270,7 @@ class Agent:
             return 0
         evaluator = self.evaluator
         verdicts: dict[tuple[object, ...], bool] = {}
-        doomed = []
+        doomed: list[ConntrackEntry] = []
         for entry in self.conntrack.entries():
             proto = _CT_PROTOCOLS.get(entry.protocol)
             if proto is None:
@@ -332,6 +316,27 @@ class Agent:
         if explanation is None:
             return ()
         return tuple(side.provenance for side in explanation.sides)
+
+    def unlogged_would_deny(
+        self,
+        source: IPv4Address | IPv6Address,
+        destination: IPv4Address | IPv6Address,
+        protocol: str,
+        port: int,
+    ) -> tuple[str, ...]:
+        """The denies of an accepted flow that no kernel rule here logged: sides of this
+        enforcer's workloads in ``visibility`` mode (they install no rules)."""
+        explanation = self.explain(source, destination, protocol, port)
+        if explanation is None:
+            return ()
+        mine = self.local_workloads
+        return tuple(
+            side.provenance
+            for side in explanation.sides
+            if side.verdict is Verdict.DENY
+            and side.mode is Mode.VISIBILITY
+            and side.workload in mine
+        )
 
     # ------------------------------------------------------------------ loop and status
 

@@ -68,6 +68,9 @@ def run_agent(
             explain_accepted=lambda key: agent.provenance_of(
                 key.source, key.destination, key.protocol, key.port
             ),
+            unlogged_would_deny=lambda key: agent.unlogged_would_deny(
+                key.source, key.destination, key.protocol, key.port
+            ),
         )
         recorder.start()
     try:

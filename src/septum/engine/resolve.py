@@ -10,8 +10,8 @@ enforcer:
 - the address sets of those selectors at time ``at``;
 - tiers sorted by (order, name), their policies by (order, name), staged policies kept but
   flagged, rules that expired at ``at`` dropped;
-- per enforcer, the workloads it enforces (mode other than idle) and, per workload and
-  direction, the tiers and policies that apply, in evaluation order.
+- per enforcer, the workloads it installs rules for (not idle or visibility) and, per
+  workload and direction, the tiers and policies that apply, in evaluation order.
 
 Attribution (``semantics.md``): an address is a workload's, else a user session's, else every
 containing network's. A selector therefore matches a network range only where the address is
@@ -277,7 +277,8 @@ class AppliedRule:
 
 @dataclass(frozen=True, slots=True)
 class LocalWorkload:
-    """A workload its enforcer enforces (mode other than idle), with what applies to it."""
+    """A workload its enforcer installs rules for (not idle or visibility), with what
+    applies to it."""
 
     workload: Workload
     addresses: AddressSet  # addresses valid at the resolve time
@@ -336,7 +337,7 @@ class ResolvedPolicy:
         return self.settings.default_action
 
     def enforcer(self, name: str) -> EnforcerView:
-        """The view of one enforcer; an enforcer with no (non-idle) workload is empty."""
+        """The view of one enforcer (empty when no workload of it installs rules)."""
         return self.enforcers.get(name) or EnforcerView(name, ())
 
 
@@ -440,7 +441,7 @@ def resolve_policy(repo: Repository, at: datetime) -> ResolvedPolicy:
 
     # Per enforcer: the workloads it enforces and what applies to each.
     local: dict[str, Workload] = {
-        w.name: w for w in repo.workloads if w.enforcer is not None and w.mode is not Mode.IDLE
+        w.name: w for w in repo.workloads if w.enforcer is not None and w.mode.installs_rules
     }
     # One dict per direction, keyed by workload name: keys with Enum members would hash
     # through Python code a quarter of a million times at 10k workloads.

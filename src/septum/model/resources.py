@@ -58,6 +58,14 @@ class Mode(enum.Enum):
     ENFORCED = "enforced"
     SELECTIVE = "selective"
 
+    @property
+    def installs_rules(self) -> bool:
+        """Whether an agent puts rules for the workload in the kernel: not for ``idle``
+        (unmanaged) nor ``visibility`` (the agent records its flows from conntrack and
+        reports would-be denies by evaluating them; the kernel is untouched). ``test`` does
+        install rules, which log would-be denies and accept."""
+        return self not in (Mode.IDLE, Mode.VISIBILITY)
+
 
 class PolicyMode(enum.Enum):
     ENFORCE = "enforce"

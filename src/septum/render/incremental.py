@@ -60,7 +60,6 @@ from septum.engine.resolve import (
 from septum.model.resources import (
     Direction,
     IPNetwork,
-    Mode,
     PeerKind,
     Repository,
     Workload,
@@ -181,7 +180,7 @@ def _sorted(elements: Iterable[IPNetwork | MapElement]) -> tuple[IPNetwork | Map
 
 
 def _is_local(w: Workload) -> bool:
-    return w.enforcer is not None and w.mode is not Mode.IDLE
+    return w.enforcer is not None and w.mode.installs_rules
 
 
 class _EnforcerState:
