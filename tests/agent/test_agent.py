@@ -14,6 +14,7 @@ from septum.agent.agent import Agent, AgentSettings, StartOutcome, SyncOutcome
 from septum.agent.conntrack import ConntrackEntry
 from septum.agent.source import RepositorySource
 from septum.agent.state import StateStore
+from septum.errors import SeptumError
 from septum.model.parse import parse_service_port
 from septum.model.resources import Direction, FailsafeEntry
 from septum.testing.fakes import FakeConntrackTable, FakeNft
@@ -305,3 +306,30 @@ def test_visibility_denies_are_reported_by_evaluation_not_by_rules(tmp_path: Pat
     other.start()
     other.sync()
     assert other.unlogged_would_deny(web, api, "tcp", 22) == ()
+
+
+def test_element_deltas_received_as_such_apply_without_a_diff(tmp_path: Path) -> None:
+    from septum.render.hostruleset import ElementDelta, diff_rulesets
+
+    repo = _repo(tmp_path)
+    nft = FakeNft()
+    agent = _agent(tmp_path, repo, nft)
+    agent.start()
+    with pytest.raises(SeptumError):
+        agent.apply_element_delta([], None)
+    agent.sync()
+    base = agent.ruleset
+    assert base is not None
+    name = next(s.name for s in base.sets if s.elements and s.name.endswith("_v4"))
+    new = ip_network("198.18.99.1/32")
+    result = agent.apply_element_delta([ElementDelta(name, added=(new,))], "d2")
+    assert result.outcome is SyncOutcome.DELTA
+    assert result.elements_changed == 1
+    assert nft.last.strip() == f"add element inet septum {name} {{ 198.18.99.1 }}"
+    assert agent.ruleset is not None
+    delta = diff_rulesets(base, agent.ruleset)
+    assert not delta.structure_changed
+    assert [(d.name, d.added) for d in delta.elements] == [(name, (new,))]
+    loaded = StateStore(tmp_path / "state").load()
+    assert loaded is not None
+    assert loaded.deltas == 1

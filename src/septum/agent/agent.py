@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -38,11 +38,13 @@ from septum.agent.source import DesiredStateSource, SourceUnavailable
 from septum.agent.state import AppliedMeta, CorruptState, StateStore
 from septum.engine.explain import Evaluator, Explanation, Flow, Verdict
 from septum.engine.resolve import resolve_policy
-from septum.errors import ValidationError
+from septum.errors import SeptumError, ValidationError
 from septum.model.resources import FailsafeEntry, Mode, Protocol, Repository
 from septum.render.hostruleset import (
+    ElementDelta,
     HostRuleset,
     NftSettings,
+    apply_delta,
     build_fail_closed_ruleset,
     build_host_ruleset,
     diff_rulesets,
@@ -260,6 +262,29 @@ class Agent:
         self.state.save_full(script, AppliedMeta(self.settings.enforcer, digest, stamp))
         self.ruleset, self.source_digest = ruleset, digest
         return SyncResult(SyncOutcome.FULL, digest)
+
+    def apply_element_delta(
+        self, deltas: Sequence[ElementDelta], digest: str | None, at: datetime | None = None
+    ) -> SyncResult:
+        """Apply element deltas received as such (from ``IncrementalCompiler`` or a control
+        plane that sends deltas): no diff of the whole table. Cost: O(delta) rendering and
+        journaling, plus re-sorting the touched sets in the agent's copy of the ruleset.
+        Raises ``SeptumError`` when no whole table was applied yet (deltas need a base)."""
+        previous = self.ruleset
+        if previous is None:
+            raise SeptumError("no ruleset applied yet: element deltas need a whole table first")
+        at = at or self.clock()
+        script = render_set_delta(previous, deltas)
+        if not script:
+            return SyncResult(SyncOutcome.UNCHANGED, digest)
+        try:
+            self.backend.apply(script)
+        except ApplyFailed as exc:
+            return SyncResult(SyncOutcome.FAILED, digest, str(exc))
+        self.state.append_delta(script, digest, at.isoformat())
+        self.ruleset, self.source_digest = apply_delta(previous, deltas), digest
+        changed = sum(len(d.added) + len(d.removed) for d in deltas)
+        return SyncResult(SyncOutcome.DELTA, digest, elements_changed=changed)
 
     # ------------------------------------------------------------------ revocation
 
