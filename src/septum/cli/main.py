@@ -23,6 +23,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from septum.cli.agent import agent_command
+from septum.cli.lab import lab_app
 from septum.errors import SeptumError, ValidationError
 from septum.model.resources import Repository
 from septum.runtime import gc_paused
@@ -390,6 +391,7 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
 
 
 app.command("agent")(agent_command)
+app.add_typer(lab_app, name="lab")
 
 
 def _nft_check(nft: str | None, script: str) -> str:

@@ -107,6 +107,7 @@ __all__ = [
     "MapElement",
     "Match",
     "NamedSet",
+    "NeighborDiscoveryMatch",
     "NftRule",
     "NftSettings",
     "PortMatch",
@@ -200,7 +201,15 @@ class IfaceMatch:
     name: str
 
 
-Match = AddrMatch | PortMatch | ProtoMatch | CtStateMatch | IfaceMatch
+@dataclass(frozen=True, slots=True)
+class NeighborDiscoveryMatch:
+    """IPv6 neighbour and router discovery (ICMPv6 types 133-137) with hop limit 255, i.e.
+    from the link itself. It is link plumbing, not a flow between workloads: without it, a
+    host could not resolve its neighbours' addresses (solicitations leave from, and adverts
+    answer to, the workloads' own global addresses, so dispatch would deny them)."""
+
+
+Match = AddrMatch | PortMatch | ProtoMatch | CtStateMatch | IfaceMatch | NeighborDiscoveryMatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -979,6 +988,9 @@ def _base_chain(hook: Hook, priority: int) -> Chain:
             (CtStateMatch(("established", "related")),),
             Verdict.ACCEPT,
             Provenance(note="established"),
+        ),
+        NftRule(
+            (NeighborDiscoveryMatch(),), Verdict.ACCEPT, Provenance(note="neighbor-discovery")
         ),
         NftRule((CtStateMatch(("invalid",)),), Verdict.DROP, Provenance(note="invalid")),
     ]

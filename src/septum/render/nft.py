@@ -32,6 +32,7 @@ from septum.render.hostruleset import (
     MapElement,
     Match,
     NamedSet,
+    NeighborDiscoveryMatch,
     NftRule,
     PortMatch,
     ProtoMatch,
@@ -111,6 +112,11 @@ def _match(m: Match) -> str:
         return "ct state " + ",".join(m.states)
     if isinstance(m, IfaceMatch):
         return f"{m.field} {m.name}"
+    if isinstance(m, NeighborDiscoveryMatch):
+        return (
+            "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+            "nd-neighbor-advert, nd-redirect } ip6 hoplimit 255"
+        )
     raise RenderError(f"unknown match {m!r}")  # pragma: no cover
 
 
