@@ -4,10 +4,16 @@
 set -euo pipefail
 
 ensure_debian_packages() {
-    # usage: ensure_debian_packages CMD:PACKAGE ...  (install PACKAGE when CMD is missing)
-    local missing=()
+    # usage: ensure_debian_packages CMD:PACKAGE ...  (install PACKAGE when CMD is missing;
+    # a CMD starting with / is a file that the package installs)
+    local missing=() what
     for pair in "$@"; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+        what="${pair%%:*}"
+        if [ "${what#/}" != "$what" ]; then
+            [ -e "$what" ] || missing+=("${pair#*:}")
+        else
+            command -v "$what" >/dev/null 2>&1 || [ -x "/usr/sbin/$what" ] || missing+=("${pair#*:}")
+        fi
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

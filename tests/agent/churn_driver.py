@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from septum.agent.agent import Agent, AgentSettings
-from septum.agent.backend import NftCli
+from septum.agent.backend import LibNftables, NftCli
 from septum.agent.source import RepositorySource
 from septum.model.resources import Repository
 from septum.sources.files import load_repository, repository_digest
@@ -29,7 +29,9 @@ def load_all(repos: list[Path]) -> list[tuple[Repository, str]]:
     return [(load_repository(r), repository_digest(r)) for r in repos]
 
 
-def fork_churn(ns: str, loaded: list[tuple[Repository, str]], state: Path) -> tuple[int, int]:
+def fork_churn(
+    ns: str, loaded: list[tuple[Repository, str]], state: Path, backend: str
+) -> tuple[int, int]:
     """Fork the churning agent into namespace ``ns``; returns (pid, read end of a pipe on
     which the child writes one byte per completed apply). The child is a session leader, so
     its nft subprocess can be found by session id after the child is killed."""
@@ -46,7 +48,8 @@ def fork_churn(ns: str, loaded: list[tuple[Repository, str]], state: Path) -> tu
         if libc.setns(fd, _CLONE_NEWNET) != 0:
             os._exit(3)
         settings = AgentSettings(enforcer=ENFORCER, state_dir=state)
-        agent = Agent(settings, RepositorySource(state), NftCli(), clock=lambda: EXAMPLES_AT)
+        nft = LibNftables() if backend == "libnftables" else NftCli()
+        agent = Agent(settings, RepositorySource(state), nft, clock=lambda: EXAMPLES_AT)
         agent.start()
         n = 0
         while True:

@@ -91,7 +91,8 @@ def _wait_session_gone(sid: int, timeout: float = 20.0) -> None:
 
 
 @pytest.mark.root
-def test_sigkill_during_50_applies_leaves_old_or_new_ruleset(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["libnftables", "nft-cli"])
+def test_sigkill_during_50_applies_leaves_old_or_new_ruleset(tmp_path: Path, backend: str) -> None:
     repos = _variants(tmp_path)
     scripts, states = _expected_states(repos)
     state_dir = tmp_path / "state"
@@ -101,7 +102,7 @@ def test_sigkill_during_50_applies_leaves_old_or_new_ruleset(tmp_path: Path) -> 
     with _namespace() as ns:
         ns_nft(ns, "-f", "-", stdin=scripts[0])
         for _ in range(50):
-            pid, progress = fork_churn(ns, loaded, state_dir)
+            pid, progress = fork_churn(ns, loaded, state_dir, backend)
             try:
                 time.sleep(rng.uniform(0.02, 0.3))
             finally:

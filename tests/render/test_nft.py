@@ -17,6 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tests.kernel import kernel_state, ns_nft
 
 from septum.engine.resolve import resolve_policy
@@ -640,3 +642,16 @@ def test_ipv4_element_text_matches_ipaddress() -> None:
         net = ipaddress.ip_network(text)
         expected = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
         assert element_text(net) == expected
+
+
+@given(st.lists(st.sampled_from([0, 0, 0, 1, 0xABC, 0xFFFF]), min_size=8, max_size=8))
+def test_ipv6_text_is_what_ipaddress_writes(hextets: list[int]) -> None:
+    from ipaddress import IPv6Address
+
+    from septum.render.nft import ipv6_text
+
+    i = 0
+    for h in hextets:
+        i = (i << 16) | h
+    if IPv6Address(i).ipv4_mapped is None:  # Python >= 3.13 writes those dotted
+        assert ipv6_text(i) == str(IPv6Address(i))

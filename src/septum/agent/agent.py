@@ -49,7 +49,7 @@ from septum.render.hostruleset import (
     build_host_ruleset,
     diff_rulesets,
 )
-from septum.render.nft import render_nft, render_set_delta
+from septum.render.nft import RenderCache, render_nft, render_set_delta
 
 __all__ = [
     "Agent",
@@ -127,13 +127,35 @@ class Agent:
         self.clock = clock
         self.report = report
         self.state = StateStore(settings.state_dir)
-        self.ruleset: HostRuleset | None = None  # what the kernel holds, when known
+        self._ruleset: HostRuleset | None = None  # what the kernel holds, when known...
+        self._pending: list[Sequence[ElementDelta]] = []  # ...with these deltas on top
+        self._names: frozenset[str] = frozenset()  # its sets and maps
         self.source_digest: str | None = None  # of the desired state applied last
         self.evaluator: Evaluator | None = None
         self.local_workloads: frozenset[str] = frozenset()
         self.last_error: str | None = None
         self._compiled_at = -1e9  # monotonic time of the last compile
         self._rejected: SyncResult | None = None  # the last invalid or refused source
+
+    @property
+    def ruleset(self) -> HostRuleset | None:
+        """What the kernel holds, when known. Deltas received as such are folded in here,
+        on demand, so that applying one costs O(delta) and not a re-sort of its sets."""
+        if self._pending and self._ruleset is not None:
+            ruleset = self._ruleset
+            for deltas in self._pending:
+                ruleset = apply_delta(ruleset, deltas)
+            self._ruleset, self._pending = ruleset, []
+        return self._ruleset
+
+    @ruleset.setter
+    def ruleset(self, ruleset: HostRuleset | None) -> None:
+        self._ruleset, self._pending = ruleset, []
+        self._names = (
+            frozenset([x.name for x in ruleset.sets] + [m.name for m in ruleset.maps])
+            if ruleset is not None
+            else frozenset()
+        )
 
     # ------------------------------------------------------------------ start
 
@@ -236,7 +258,9 @@ class Agent:
         at = at or self.clock()
         stamp = at.isoformat()
         previous = self.ruleset
-        if previous is not None:
+        # The static parts are compared first (O(rules)): when they differ the whole table
+        # goes anyway, and the element diff (O(elements)) is not needed.
+        if previous is not None and previous.structure() == ruleset.structure():
             delta = diff_rulesets(previous, ruleset)
             if not delta:
                 self.source_digest = digest
@@ -254,7 +278,7 @@ class Agent:
                     self.state.append_delta(script, digest, stamp)
                     self.ruleset, self.source_digest = ruleset, digest
                     return SyncResult(SyncOutcome.DELTA, digest, elements_changed=changed)
-        script = render_nft(ruleset)
+        script = render_nft(ruleset, RenderCache())  # each address's text made once
         try:
             self.backend.apply(script)
         except ApplyFailed as exc:
@@ -270,11 +294,11 @@ class Agent:
         plane that sends deltas): no diff of the whole table. Cost: O(delta) rendering and
         journaling, plus re-sorting the touched sets in the agent's copy of the ruleset.
         Raises ``SeptumError`` when no whole table was applied yet (deltas need a base)."""
-        previous = self.ruleset
-        if previous is None:
+        if self._ruleset is None:
             raise SeptumError("no ruleset applied yet: element deltas need a whole table first")
         at = at or self.clock()
-        script = render_set_delta(previous, deltas)
+        table = self.settings.nft.table
+        script = render_set_delta(self._names, deltas, table=table, family=self._ruleset.family)
         if not script:
             return SyncResult(SyncOutcome.UNCHANGED, digest)
         try:
@@ -282,7 +306,8 @@ class Agent:
         except ApplyFailed as exc:
             return SyncResult(SyncOutcome.FAILED, digest, str(exc))
         self.state.append_delta(script, digest, at.isoformat())
-        self.ruleset, self.source_digest = apply_delta(previous, deltas), digest
+        self._pending.append(tuple(deltas))
+        self.source_digest = digest
         changed = sum(len(d.added) + len(d.removed) for d in deltas)
         return SyncResult(SyncOutcome.DELTA, digest, elements_changed=changed)
 

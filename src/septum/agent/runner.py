@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from septum.agent.agent import Agent, AgentSettings, SyncOutcome
-from septum.agent.backend import NftCli
+from septum.agent.backend import default_backend
 from septum.agent.source import DesiredStateSource
 
 __all__ = ["FlowOptions", "run_agent"]
@@ -43,7 +43,9 @@ def run_agent(
     from septum.agent.conntrack import ConntrackCli, enable_accounting
 
     enable_accounting()
-    agent = Agent(settings, source, NftCli(), conntrack=ConntrackCli(), report=report)
+    backend = default_backend()
+    agent = Agent(settings, source, backend, conntrack=ConntrackCli(), report=report)
+    report(f"nftables backend: {type(backend).__name__}")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

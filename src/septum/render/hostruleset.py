@@ -380,10 +380,17 @@ def _sort_key(e: Element) -> tuple[int, int, int, str]:
 def diff_rulesets(old: HostRuleset, new: HostRuleset) -> RulesetDelta:
     """Element deltas turning ``old``'s sets and maps into ``new``'s. Cost: O(elements)."""
     structure_changed = old.structure() != new.structure()
-    before, after = old.elements(), new.elements()
+    # Elements are kept sorted, so equal tuples mean equal sets: the tuple comparison (in C,
+    # and by identity where resolve shared the address objects) skips unchanged sets without
+    # hashing their elements, which dominates the cost for large tables.
+    before_t = {s.name: s.elements for s in old.sets} | {m.name: m.elements for m in old.maps}
+    after_t = {s.name: s.elements for s in new.sets} | {m.name: m.elements for m in new.maps}
     deltas: list[ElementDelta] = []
-    for name in sorted(before.keys() | after.keys()):
-        b, a = before.get(name, frozenset()), after.get(name, frozenset())
+    for name in sorted(before_t.keys() | after_t.keys()):
+        bt, at = before_t.get(name, ()), after_t.get(name, ())
+        if bt == at:
+            continue
+        b, a = frozenset[Element](bt), frozenset[Element](at)
         if a == b:
             continue
         deltas.append(

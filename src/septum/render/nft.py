@@ -18,6 +18,7 @@ comments and log prefixes have ``"`` replaced and are truncated to nft's limits.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from ipaddress import IPv4Network
 
 from septum.errors import RenderError
 from septum.model.resources import IPNetwork, Protocol
@@ -68,14 +69,46 @@ def _quoted(text: str, limit: int) -> str:
     return '"' + text.replace('"', "'").replace("\n", " ")[:limit] + '"'
 
 
+_OCTETS = tuple(str(i) for i in range(256))
+
+
 def _net(n: IPNetwork) -> str:
-    if n.version == 4:
-        # Dotted quad from the integer: ~10x cheaper than ipaddress' own __str__, and a
-        # large ruleset renders hundreds of thousands of addresses.
-        i = int(n.network_address)
-        text = f"{i >> 24}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
-        return text if n.prefixlen == 32 else f"{text}/{n.prefixlen}"
-    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+    # A large ruleset renders hundreds of thousands of addresses, so both families avoid
+    # ipaddress' own __str__: IPv4 is a dotted quad from the integer through a table of octet
+    # texts (~2x cheaper), IPv6 is built by ``ipv6_text`` (~2.5x cheaper).
+    i = int(n.network_address)
+    length = n.prefixlen
+    if n.__class__ is IPv4Network:  # cheaper than the ``version`` property
+        o = _OCTETS
+        text = f"{o[i >> 24]}.{o[(i >> 16) & 255]}.{o[(i >> 8) & 255]}.{o[i & 255]}"
+        return text if length == 32 else f"{text}/{length}"
+    text = ipv6_text(i)
+    return text if length == 128 else f"{text}/{length}"
+
+
+def ipv6_text(i: int) -> str:
+    """RFC 5952 text of an IPv6 address given as an integer: hextets in lower-case hex
+    without leading zeros, the first longest run of two or more zero hextets as ``::``
+    (what ``str(IPv6Address(i))`` writes on Python 3.11, in fewer steps)."""
+    h = (
+        i >> 112, (i >> 96) & 0xFFFF, (i >> 80) & 0xFFFF, (i >> 64) & 0xFFFF,
+        (i >> 48) & 0xFFFF, (i >> 32) & 0xFFFF, (i >> 16) & 0xFFFF, i & 0xFFFF,
+    )  # fmt: skip
+    best_at, best_len, at, run = -1, 1, 0, 0
+    for k in range(8):
+        if h[k] == 0:
+            if run == 0:
+                at = k
+            run += 1
+            if run > best_len:
+                best_at, best_len = at, run
+        else:
+            run = 0
+    if best_at < 0:
+        return ":".join([f"{x:x}" for x in h])
+    left = ":".join([f"{x:x}" for x in h[:best_at]])
+    right = ":".join([f"{x:x}" for x in h[best_at + best_len :]])
+    return f"{left}::{right}"
 
 
 def _element(e: Element, *, key_only: bool = False) -> str:
@@ -155,29 +188,41 @@ class RenderCache:
     ``RuleCache``). Holds the objects it memoizes, so an id is never reused while memoized.
     Not thread-safe."""
 
-    __slots__ = ("_chains", "_nets", "_rules", "_sets")
+    __slots__ = ("_alive", "_chains", "_net_texts", "_rules", "_sets")
 
     def __init__(self) -> None:
         self._sets: dict[int, tuple[NamedSet, str]] = {}
         self._chains: dict[int, tuple[Chain, str]] = {}
         self._rules: dict[int, tuple[NftRule, str]] = {}
         # One address object stands in many selector sets (resolve shares them), so its
-        # text is made once per render pass.
-        self._nets: dict[int, tuple[IPNetwork, str]] = {}
+        # text is made once per render pass. Keyed by id, with the objects kept alive in
+        # ``_alive`` so that no id is reused (and no per-entry tuple burdens the GC).
+        self._net_texts: dict[int, str] = {}
+        self._alive: list[IPNetwork] = []
 
     def net_text(self, n: IPNetwork) -> str:
-        hit = self._nets.get(id(n))
-        if hit is not None and hit[0] is n:
-            return hit[1]
-        text = _net(n)
-        self._nets[id(n)] = (n, text)
+        text = self._net_texts.get(id(n))
+        if text is None:
+            text = self._net_texts[id(n)] = _net(n)
+            self._alive.append(n)
         return text
 
     def set_text(self, s: NamedSet) -> str:
         hit = self._sets.get(id(s))
         if hit is not None and hit[0] is s:
             return hit[1]
-        text = "\n".join(_set(s, [self.net_text(e) for e in s.elements]))
+        # The per-element lookup is inlined: at 100k elements, a method call per element
+        # costs as much as formatting the address.
+        nets, alive = self._net_texts, self._alive
+        texts: list[str] = []
+        append = texts.append
+        for e in s.elements:
+            seen = nets.get(id(e))
+            if seen is None:
+                seen = nets[id(e)] = _net(e)
+                alive.append(e)
+            append(seen)
+        text = "\n".join(_set(s, texts))
         self._sets[id(s)] = (s, text)
         return text
 
