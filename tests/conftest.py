@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,9 +41,10 @@ def nft() -> str:
     return require_root_nft()
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A fresh, empty network namespace, deleted when the test ends, even when it fails."""
+@contextmanager
+def netns_context() -> Iterator[str]:
+    """A fresh, empty network namespace with this run's prefix, deleted on exit even when
+    the body fails (root only: see ``require_root_nft``)."""
     require_root_nft()
     name = NETNS_PREFIX + uuid.uuid4().hex[:8]
     subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
@@ -50,3 +52,10 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace, deleted when the test ends, even when it fails."""
+    with netns_context() as name:
+        yield name

@@ -8,7 +8,17 @@ the core is a bug.
     ├── ValidationError            one or more problems in a policy repository
     │     .problems: list[Problem]   each with file, line, column and message
     ├── LookupFailed               a CLI/API argument names no workload, address or enforcer
-    └── RenderError                a target cannot express something it was asked to render
+    ├── RenderError                a target cannot express something it was asked to render
+    │
+    │   defined at the edges, next to the port they belong to:
+    ├── agent.backend.ApplyFailed        nft refused a transaction (nothing of it applied)
+    ├── agent.state.CorruptState         the agent's state directory fails its checksums
+    ├── agent.source.SourceUnavailable   the desired state cannot be reached right now
+    ├── agent.nflog.NflogError           an NFLOG group cannot be bound or read
+    ├── agent.conntrack.ConntrackError   the conntrack tool failed
+    │     └── ConntrackParseError          a line of its output was not understood
+    ├── agent.capture.CaptureError       flow recording cannot start or write
+    └── lab.plan.LabError                a repository cannot be played in the lab
 """
 
 from __future__ import annotations

@@ -16,9 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,22 +24,11 @@ from septum.agent.state import StateStore
 from septum.render.compile import compile_enforcer
 from septum.sources.files import load_repository
 from tests.agent.churn_driver import fork_churn, load_all
-from tests.conftest import EXAMPLES, EXAMPLES_AT, NETNS_PREFIX, ROOT, require_root_nft
+from tests.conftest import EXAMPLES, EXAMPLES_AT, ROOT, netns_context
 from tests.kernel import kernel_state, ns_nft
 
 ENFORCER = "host-dev-docker-1"
 KernelState = tuple[dict[str, set[str]], list[tuple[str, str]]]
-
-
-@contextmanager
-def _namespace() -> Iterator[str]:
-    require_root_nft()
-    name = NETNS_PREFIX + uuid.uuid4().hex[:8]
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
 
 
 def _variants(tmp_path: Path) -> list[Path]:
@@ -62,7 +48,7 @@ def _variants(tmp_path: Path) -> list[Path]:
 def _expected_states(repos: list[Path]) -> tuple[list[str], list[KernelState]]:
     scripts = [compile_enforcer(load_repository(r), ENFORCER, EXAMPLES_AT) for r in repos]
     states = []
-    with _namespace() as scratch:
+    with netns_context() as scratch:
         for script in scripts:
             ns_nft(scratch, "-f", "-", stdin=script)
             states.append(kernel_state(scratch))
@@ -99,7 +85,7 @@ def test_sigkill_during_50_applies_leaves_old_or_new_ruleset(tmp_path: Path, bac
     rng = random.Random(4)
     kills_mid_run = 0
     loaded = load_all(repos)
-    with _namespace() as ns:
+    with netns_context() as ns:
         ns_nft(ns, "-f", "-", stdin=scripts[0])
         for _ in range(50):
             pid, progress = fork_churn(ns, loaded, state_dir, backend)
@@ -152,11 +138,11 @@ def test_restart_with_source_unreachable_restores_last_state(tmp_path: Path) -> 
             cwd=ROOT,
         )
 
-    with _namespace() as first:
+    with netns_context() as first:
         done = agent(first, repo)
         assert done.returncode == 0, done.stderr
     # "Reboot": a fresh kernel namespace, and the control plane unreachable.
-    with _namespace() as rebooted, _namespace() as scratch:
+    with netns_context() as rebooted, netns_context() as scratch:
         done = agent(rebooted, tmp_path / "unreachable")
         assert done.returncode == 1
         assert "restored" in done.stderr
@@ -186,7 +172,7 @@ def test_corrupt_state_is_reported_and_agent_stays_fail_closed(tmp_path: Path) -
         "--failsafe",
         "ingress:tcp/22:198.19.255.0/24",
     ]
-    with _namespace() as ns:
+    with netns_context() as ns:
         done = subprocess.run(
             ["ip", "netns", "exec", ns, *cmd, "--repo", str(repo)],
             capture_output=True,
@@ -197,7 +183,7 @@ def test_corrupt_state_is_reported_and_agent_stays_fail_closed(tmp_path: Path) -
         assert done.returncode == 0, done.stderr
     meta = state / "applied.json"
     meta.write_text(meta.read_text()[:-20])  # torn, unparsable
-    with _namespace() as ns:
+    with netns_context() as ns:
         done = subprocess.run(
             ["ip", "netns", "exec", ns, *cmd, "--repo", str(tmp_path / "unreachable")],
             capture_output=True,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from ipaddress import IPv4Network
+from typing import cast
 
 from septum.errors import RenderError
 from septum.model.resources import IPNetwork, Protocol
@@ -211,18 +212,22 @@ class RenderCache:
         hit = self._sets.get(id(s))
         if hit is not None and hit[0] is s:
             return hit[1]
-        # The per-element lookup is inlined: at 100k elements, a method call per element
-        # costs as much as formatting the address.
-        nets, alive = self._net_texts, self._alive
-        texts: list[str] = []
-        append = texts.append
-        for e in s.elements:
-            seen = nets.get(id(e))
-            if seen is None:
-                seen = nets[id(e)] = _net(e)
+        # At 100k elements a Python-level step per element costs as much as formatting the
+        # address, so hits are looked up in C (map over the dict's get), and only the misses
+        # (each address's first appearance) are found (list.index, also in C) and formatted.
+        nets, alive, elements = self._net_texts, self._alive, s.elements
+        texts: list[str | None] = list(map(nets.get, map(id, elements)))
+        k = 0
+        try:
+            while True:
+                k = texts.index(None, k)  # ValueError: no miss left
+                e = elements[k]
+                texts[k] = nets[id(e)] = _net(e)
                 alive.append(e)
-            append(seen)
-        text = "\n".join(_set(s, texts))
+                k += 1
+        except ValueError:
+            pass
+        text = "\n".join(_set(s, cast("list[str]", texts)))
         self._sets[id(s)] = (s, text)
         return text
 
