@@ -331,6 +331,9 @@ class ResolvedPolicy:
     workload_addresses: AddressSet
     attributed_addresses: AddressSet
     enforcers: Mapping[str, EnforcerView]
+    #: Enforcers with workloads in ``visibility`` mode: observed (their flows recorded and
+    #: evaluated by the agent), though no rules are installed for those workloads.
+    observed: frozenset[str] = frozenset()
 
     @property
     def default_action(self) -> RepositoryDefault:
@@ -490,5 +493,10 @@ def resolve_policy(repo: Repository, at: datetime) -> ResolvedPolicy:
         attributed_addresses=attributed,
         enforcers=MappingProxyType(
             {e: EnforcerView(e, tuple(ws)) for e, ws in sorted(views.items())}
+        ),
+        observed=frozenset(
+            w.enforcer
+            for w in repo.workloads
+            if w.enforcer is not None and w.mode is Mode.VISIBILITY
         ),
     )

@@ -996,9 +996,7 @@ def _base_chain(hook: Hook, priority: int) -> Chain:
             Verdict.ACCEPT,
             Provenance(note="established"),
         ),
-        NftRule(
-            (NeighborDiscoveryMatch(),), Verdict.ACCEPT, Provenance(note="neighbor-discovery")
-        ),
+        NftRule((NeighborDiscoveryMatch(),), Verdict.ACCEPT, Provenance(note="neighbor-discovery")),
         NftRule((CtStateMatch(("invalid",)),), Verdict.DROP, Provenance(note="invalid")),
     ]
     if hook is Hook.INPUT:
@@ -1036,9 +1034,26 @@ def build_host_ruleset(
     b = _Builder(cache, settings)
     view = resolved.enforcer(enforcer)
     if not view.workloads:
-        # Every local workload is idle (or none names this enforcer): nothing is installed,
-        # not even the base chains, so the host behaves exactly as if unmanaged.
-        return HostRuleset(enforcer, resolved.at, (), (), (), table=settings.table)
+        # Every local workload is idle or in visibility (or none names this enforcer): no
+        # verdict is installed, so the host behaves exactly as if unmanaged. With visibility
+        # workloads, base chains that only count new connections keep conntrack tracking in
+        # this network namespace, which the agent's flow records need.
+        observing: tuple[Chain, ...] = ()
+        if enforcer in resolved.observed:
+            observe = NftRule(
+                (CtStateMatch(("new",)),), Verdict.CONTINUE, Provenance(note="observe")
+            )
+            observing = tuple(
+                Chain(
+                    h.value,
+                    (observe,),
+                    hook=h,
+                    priority=settings.priority,
+                    comment="visibility: observe only, nothing dropped",
+                )
+                for h in (Hook.INPUT, Hook.OUTPUT, Hook.FORWARD)
+            )
+        return HostRuleset(enforcer, resolved.at, observing, (), (), table=settings.table)
 
     workload_chains: list[Chain] = []
     # Plain local lists in the per-workload loop: (Direction, Family) keys would hash Enum
