@@ -655,3 +655,28 @@ def test_ipv6_text_is_what_ipaddress_writes(hextets: list[int]) -> None:
         i = (i << 16) | h
     if IPv6Address(i).ipv4_mapped is None:  # Python >= 3.13 writes those dotted
         assert ipv6_text(i) == str(IPv6Address(i))
+
+
+def test_render_cache_reuses_the_text_of_equal_sets_from_a_previous_render() -> None:
+    from dataclasses import replace
+    from ipaddress import ip_network
+
+    from septum.render.nft import RenderCache
+
+    first = _ruleset("basic", "h1")
+    again = _ruleset("basic", "h1")  # a second compile: equal sets, other objects
+    assert first.sets == again.sets
+    assert all(a is not b for a, b in zip(first.sets, again.sets, strict=True))
+    changed = next(s for s in again.sets if s.name.endswith("_v4") and s.elements)
+    extra = ip_network("198.18.99.99/32")
+    again = replace(
+        again,
+        sets=tuple(
+            replace(s, elements=(*s.elements, extra)) if s is changed else s for s in again.sets
+        ),
+    )
+    previous = RenderCache()
+    render_nft(first, previous)
+    text = render_nft(again, RenderCache(previous=previous))
+    assert text == render_nft(again)
+    assert "198.18.99.99" in text

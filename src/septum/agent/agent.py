@@ -130,6 +130,7 @@ class Agent:
         self._ruleset: HostRuleset | None = None  # what the kernel holds, when known...
         self._pending: list[Sequence[ElementDelta]] = []  # ...with these deltas on top
         self._names: frozenset[str] = frozenset()  # its sets and maps
+        self._render_cache: RenderCache | None = None  # of the last whole table applied
         self.source_digest: str | None = None  # of the desired state applied last
         self.evaluator: Evaluator | None = None
         self.local_workloads: frozenset[str] = frozenset()
@@ -278,11 +279,16 @@ class Agent:
                     self.state.append_delta(script, digest, stamp)
                     self.ruleset, self.source_digest = ruleset, digest
                     return SyncResult(SyncOutcome.DELTA, digest, elements_changed=changed)
-        script = render_nft(ruleset, RenderCache())  # each address's text made once
+        # Each address's text is made once, and sets equal to those of the table applied
+        # last reuse their text (a rule change leaves most sets as they were).
+        cache = RenderCache(previous=self._render_cache)
+        script = render_nft(ruleset, cache)
+        cache.forget_previous()
         try:
             self.backend.apply(script)
         except ApplyFailed as exc:
             return SyncResult(SyncOutcome.FAILED, digest, str(exc))
+        self._render_cache = cache
         self.state.save_full(script, AppliedMeta(self.settings.enforcer, digest, stamp))
         self.ruleset, self.source_digest = ruleset, digest
         return SyncResult(SyncOutcome.FULL, digest)

@@ -187,11 +187,21 @@ class RenderCache:
     """Memo of rendered sets, chains and rules by object identity, shared by the scripts of
     several enforcers (their rulesets share NamedSet and Chain objects through one
     ``RuleCache``). Holds the objects it memoizes, so an id is never reused while memoized.
-    Not thread-safe."""
+    Not thread-safe.
 
-    __slots__ = ("_alive", "_chains", "_net_texts", "_rules", "_sets")
+    ``previous``: the cache of an earlier render (an agent's last applied table). A set equal
+    to the set of the same name there reuses its text: when rules change, most sets do not,
+    and comparing a set (a C loop over its elements, by identity where compiles share
+    address objects) costs a fraction of rendering it. Only ``previous``'s own sets are
+    consulted (no chain of older caches is kept)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_alive", "_by_name", "_chains", "_net_texts", "_previous", "_rules", "_sets")
+
+    def __init__(self, previous: RenderCache | None = None) -> None:
+        self._previous: dict[str, tuple[NamedSet, str]] = (
+            previous._by_name if previous is not None else {}
+        )
+        self._by_name: dict[str, tuple[NamedSet, str]] = {}
         self._sets: dict[int, tuple[NamedSet, str]] = {}
         self._chains: dict[int, tuple[Chain, str]] = {}
         self._rules: dict[int, tuple[NftRule, str]] = {}
@@ -212,6 +222,10 @@ class RenderCache:
         hit = self._sets.get(id(s))
         if hit is not None and hit[0] is s:
             return hit[1]
+        before = self._previous.get(s.name)
+        if before is not None and (before[0] is s or before[0] == s):
+            self._sets[id(s)] = self._by_name[s.name] = (s, before[1])
+            return before[1]
         # At 100k elements a Python-level step per element costs as much as formatting the
         # address, so hits are looked up in C (map over the dict's get), and only the misses
         # (each address's first appearance) are found (list.index, also in C) and formatted.
@@ -228,8 +242,12 @@ class RenderCache:
         except ValueError:
             pass
         text = "\n".join(_set(s, cast("list[str]", texts)))
-        self._sets[id(s)] = (s, text)
+        self._sets[id(s)] = self._by_name[s.name] = (s, text)
         return text
+
+    def forget_previous(self) -> None:
+        """Drop the reference to the earlier render's sets (keep only this render's)."""
+        self._previous = {}
 
     def rule_text(self, r: NftRule) -> str:
         hit = self._rules.get(id(r))
