@@ -295,7 +295,8 @@ def test_visibility_denies_are_reported_by_evaluation_not_by_rules(tmp_path: Pat
     agent = Agent(settings, RepositorySource(repo), nft, clock=lambda: EXAMPLES_AT)
     agent.start()
     agent.sync()
-    assert " drop" not in nft.last  # no verdicts: only chains that count new connections
+    assert " drop comment" not in nft.last  # no verdicts: only chains counting connections
+    assert " accept comment" not in nft.last
     assert "ct state new counter" in nft.last
     web, api = ip_address("198.18.30.11"), ip_address("198.18.21.21")
     got = agent.unlogged_would_deny(web, api, "tcp", 22)
