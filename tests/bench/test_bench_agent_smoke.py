@@ -46,6 +46,8 @@ def test_bench_agent_prints_every_figure() -> None:
         "full apply via the agent",
         "full apply, plain nft -f FILE",
         "agent / plain nft (full apply)",
+        "full apply via a restarted agent",
+        "restarted agent / plain nft (full apply)",
         "target <= 1.25x",
         "breakdown (medians)",
         "element delta: 50 elements",
@@ -81,6 +83,7 @@ def test_bench_agent_json() -> None:
     for how in ("received", "diffed"):
         assert steps <= delta[how]["breakdown"].keys()
     assert data["full"]["ratio"] > 0
+    assert data["full_cold"]["ratio"] > 0
     peer = data["naive_peer"]
     assert peer["pairs_v4"] > 0
     assert peer["iptables_restore"]["available"]
