@@ -32,6 +32,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
+from septum.agent.addresses import address_text
 from septum.agent.backend import ApplyFailed, NftBackend
 from septum.agent.conntrack import ConntrackEntry, ConntrackTable
 from septum.agent.source import DesiredStateSource, SourceUnavailable
@@ -281,7 +282,7 @@ class Agent:
                     return SyncResult(SyncOutcome.DELTA, digest, elements_changed=changed)
         # Each address's text is made once, and sets equal to those of the table applied
         # last reuse their text (a rule change leaves most sets as they were).
-        cache = RenderCache(previous=self._render_cache)
+        cache = RenderCache(previous=self._render_cache, address_text=address_text)
         script = render_nft(ruleset, cache)
         cache.forget_previous()
         try:

@@ -17,7 +17,7 @@ comments and log prefixes have ``"`` replaced and are truncated to nft's limits.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from ipaddress import IPv4Network
 from typing import cast
 
@@ -195,9 +195,27 @@ class RenderCache:
     address objects) costs a fraction of rendering it. Only ``previous``'s own sets are
     consulted (no chain of older caches is kept)."""
 
-    __slots__ = ("_alive", "_by_name", "_chains", "_net_texts", "_previous", "_rules", "_sets")
+    __slots__ = (
+        "_address_text",
+        "_alive",
+        "_by_name",
+        "_chains",
+        "_net_texts",
+        "_previous",
+        "_rules",
+        "_sets",
+    )
 
-    def __init__(self, previous: RenderCache | None = None) -> None:
+    def __init__(
+        self,
+        previous: RenderCache | None = None,
+        *,
+        address_text: Callable[[IPNetwork], str] | None = None,
+    ) -> None:
+        # ``address_text``: how a set element is written (default: this module's pure
+        # formatter). An edge may pass a C-backed one (the agent uses inet_ntop, which the
+        # pure core may not import); it must write what ``element_text`` writes.
+        self._address_text = address_text or _net
         self._previous: dict[str, tuple[NamedSet, str]] = (
             previous._by_name if previous is not None else {}
         )
@@ -214,7 +232,7 @@ class RenderCache:
     def net_text(self, n: IPNetwork) -> str:
         text = self._net_texts.get(id(n))
         if text is None:
-            text = self._net_texts[id(n)] = _net(n)
+            text = self._net_texts[id(n)] = self._address_text(n)
             self._alive.append(n)
         return text
 
@@ -229,14 +247,14 @@ class RenderCache:
         # At 100k elements a Python-level step per element costs as much as formatting the
         # address, so hits are looked up in C (map over the dict's get), and only the misses
         # (each address's first appearance) are found (list.index, also in C) and formatted.
-        nets, alive, elements = self._net_texts, self._alive, s.elements
+        nets, alive, elements, fmt = self._net_texts, self._alive, s.elements, self._address_text
         texts: list[str | None] = list(map(nets.get, map(id, elements)))
         k = 0
         try:
             while True:
                 k = texts.index(None, k)  # ValueError: no miss left
                 e = elements[k]
-                texts[k] = nets[id(e)] = _net(e)
+                texts[k] = nets[id(e)] = fmt(e)
                 alive.append(e)
                 k += 1
         except ValueError:
