@@ -332,9 +332,6 @@ class _TimedBackend:
     def table_exists(self, family: str, table: str) -> bool:
         return self.inner.table_exists(family, table)
 
-    def list_table(self, family: str, table: str) -> str | None:
-        return self.inner.list_table(family, table)
-
 
 class _TimedStore(StateStore):
     """The agent's real state store, timed."""

@@ -8,7 +8,6 @@ process (rather than starting a new interpreter) makes 50 kills cost seconds, no
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
@@ -17,12 +16,10 @@ from septum.agent.backend import LibNftables, NftCli
 from septum.agent.source import RepositorySource
 from septum.model.resources import Repository
 from septum.sources.files import load_repository, repository_digest
+from tests.agent.netlab import enter_netns
 from tests.conftest import EXAMPLES_AT
 
 ENFORCER = "host-dev-docker-1"
-
-
-_CLONE_NEWNET = 0x40000000
 
 
 def load_all(repos: list[Path]) -> list[tuple[Repository, str]]:
@@ -43,10 +40,7 @@ def fork_churn(
     try:  # child: never returns
         os.close(r)
         os.setsid()
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            os._exit(3)
+        enter_netns(ns)
         settings = AgentSettings(enforcer=ENFORCER, state_dir=state)
         nft = LibNftables() if backend == "libnftables" else NftCli()
         agent = Agent(settings, RepositorySource(state), nft, clock=lambda: EXAMPLES_AT)

@@ -100,6 +100,15 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def enter_netns(name: str) -> None:
+    """Move the calling thread into namespace ``name`` for good (a forked child's way in)."""
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def in_netns(name: str) -> Iterator[None]:
     """Run the calling thread (only) in namespace ``name``: sockets it opens, subprocesses

@@ -130,8 +130,8 @@ class Agent:
         self.state = StateStore(settings.state_dir)
         self._ruleset: HostRuleset | None = None  # what the kernel holds, when known...
         self._pending: list[Sequence[ElementDelta]] = []  # ...with these deltas on top
-        self._names: frozenset[str] = frozenset()  # its sets and maps
         self._render_cache: RenderCache | None = None  # of the last whole table applied
+        self._last_explained: tuple[tuple[object, ...], Explanation] | None = None
         self.source_digest: str | None = None  # of the desired state applied last
         self.evaluator: Evaluator | None = None
         self.local_workloads: frozenset[str] = frozenset()
@@ -153,11 +153,6 @@ class Agent:
     @ruleset.setter
     def ruleset(self, ruleset: HostRuleset | None) -> None:
         self._ruleset, self._pending = ruleset, []
-        self._names = (
-            frozenset([x.name for x in ruleset.sets] + [m.name for m in ruleset.maps])
-            if ruleset is not None
-            else frozenset()
-        )
 
     # ------------------------------------------------------------------ start
 
@@ -305,7 +300,10 @@ class Agent:
             raise SeptumError("no ruleset applied yet: element deltas need a whole table first")
         at = at or self.clock()
         table = self.settings.nft.table
-        script = render_set_delta(self._names, deltas, table=table, family=self._ruleset.family)
+        # Deltas never change which sets and maps exist: the base table's names hold.
+        base = self._ruleset
+        names = [x.name for x in base.sets] + [m.name for m in base.maps]
+        script = render_set_delta(names, deltas, table=table, family=base.family)
         if not script:
             return SyncResult(SyncOutcome.UNCHANGED, digest)
         try:
@@ -358,8 +356,16 @@ class Agent:
         proto = _CT_PROTOCOLS.get(protocol)
         if evaluator is None or proto is None:
             return None
+        # The flow recorder asks twice about each flow (what allowed it, what would deny
+        # it), one right after the other: the last answer is kept for the second question.
+        key = (evaluator, source, destination, proto, port)
+        last = self._last_explained
+        if last is not None and last[0] == key:
+            return last[1]
         flow = Flow(source, destination, proto, port if proto.has_ports else 0, self.clock())
-        return evaluator.explain(flow)
+        explanation = evaluator.explain(flow)
+        self._last_explained = (key, explanation)
+        return explanation
 
     def provenance_of(
         self,

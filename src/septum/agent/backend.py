@@ -53,10 +53,6 @@ class NftBackend(Protocol):
 
     def table_exists(self, family: str, table: str) -> bool: ...
 
-    def list_table(self, family: str, table: str) -> str | None:
-        """The table as ``nft list`` prints it, or None when it does not exist."""
-        ...
-
 
 def _nft_binary() -> str:
     found = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
@@ -97,14 +93,6 @@ class NftCli:
         if proc.returncode != 0:
             raise ApplyFailed(proc.stderr.strip() or f"exit code {proc.returncode}")
 
-    def _list(self, family: str, table: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.binary, "list", "table", family, table],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-
     def table_exists(self, family: str, table: str) -> bool:
         # `list tables` rather than `list table`: the latter prints every set element.
         proc = subprocess.run(
@@ -114,10 +102,6 @@ class NftCli:
             check=False,
         )
         return proc.returncode == 0 and f"table {family} {table}" in proc.stdout.splitlines()
-
-    def list_table(self, family: str, table: str) -> str | None:
-        proc = self._list(family, table)
-        return proc.stdout if proc.returncode == 0 else None
 
 
 #: Where Debian's python3-nftables puts its module (for Debian's own python3).
@@ -174,10 +158,6 @@ class LibNftables:
     def table_exists(self, family: str, table: str) -> bool:
         rc, output, _ = self._run(f"list tables {family}")
         return rc == 0 and f"table {family} {table}" in output.splitlines()
-
-    def list_table(self, family: str, table: str) -> str | None:
-        rc, output, _ = self._run(f"list table {family} {table}")
-        return output if rc == 0 else None
 
 
 def default_backend() -> NftBackend:

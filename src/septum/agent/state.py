@@ -6,6 +6,9 @@ Layout of the state directory::
     applied-<sha256>.journal  element deltas applied since, each framed by a checksummed header
     applied.json              {"format", "enforcer", "source_digest", "applied_at", "sha256"}
 
+Each journal entry carries the source digest and time it brought; the newest intact one
+overrides ``applied.json``'s, so recording a delta is one append, not a rewrite.
+
 Design goals: (1) a crash at any moment leaves a state that restores either the previous or
 the new ruleset, never a partial one: files are written to temporary names, fsynced, then
 renamed; a script's name carries its checksum, so replacing ``applied.json`` (which names
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from septum.errors import SeptumError
@@ -64,6 +67,11 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _entry_sha(stamp: dict[str, str | None], body: bytes) -> str:
+    """A journal entry's checksum covers its stamp (digest, time) as well as its script."""
+    return _sha(json.dumps(stamp, sort_keys=True).encode() + b"\0" + body)
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -86,6 +94,7 @@ class StateStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._current: str | None = None  # checksum of the last full script, once known
 
     def script_path(self, sha256: str) -> Path:
         return self.directory / f"applied-{sha256}.nft"
@@ -121,25 +130,24 @@ class StateStore:
         }
         _write_atomically(self.meta_path, json.dumps(doc, indent=2).encode() + b"\n")
         _fsync_dir(self.directory)
+        self._current = digest
         keep = {self.script_path(digest).name, self.journal_path(digest).name}
         for old in self.directory.glob("applied-*"):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
 
     def append_delta(self, script: str, source_digest: str | None, applied_at: str) -> None:
-        """Record an element delta applied on top of the last full script. Cost: O(delta)."""
-        doc = json.loads(self.meta_path.read_text())
+        """Record an element delta applied on top of the last full script. Cost: O(delta):
+        one append and fsync; the entry itself carries the digest and time it brings."""
+        current = self._current or str(json.loads(self.meta_path.read_text())["sha256"])
         data = script.encode()
-        header = {"sha256": _sha(data), "length": len(data)}
+        stamp = {"source_digest": source_digest, "applied_at": applied_at}
+        header = {**stamp, "length": len(data), "sha256": _entry_sha(stamp, data)}
         frame = _FRAME + json.dumps(header, sort_keys=True).encode() + b"\n" + data
-        with open(self.journal_path(str(doc["sha256"])), "ab") as f:
+        with open(self.journal_path(current), "ab") as f:
             f.write(frame)
             f.flush()
             os.fsync(f.fileno())
-        # The metadata's digest and time follow the newest delta (atomically replaced).
-        doc["source_digest"] = source_digest
-        doc["applied_at"] = applied_at
-        _write_atomically(self.meta_path, json.dumps(doc, indent=2).encode() + b"\n")
 
     def load(self) -> LoadedState | None:
         """The last applied state, or None when there is none. Raises ``CorruptState``."""
@@ -172,15 +180,23 @@ class StateStore:
             script = data.decode()
         except UnicodeDecodeError as exc:
             raise CorruptState(path, "not UTF-8") from exc
-        deltas, torn = self._journal(self.journal_path(expected))
-        return LoadedState(meta, script + "".join(deltas), len(deltas), torn)
+        entries, torn = self._journal(self.journal_path(expected))
+        if entries:  # the newest delta's digest and time are the state's
+            stamp = entries[-1][0]
+            meta = replace(
+                meta, source_digest=stamp["source_digest"], applied_at=str(stamp["applied_at"])
+            )
+        self._current = expected
+        return LoadedState(meta, script + "".join(b for _, b in entries), len(entries), torn)
 
-    def _journal(self, journal: Path) -> tuple[list[str], bool]:
+    def _journal(self, journal: Path) -> tuple[list[tuple[dict[str, str | None], str]], bool]:
+        """The journal's intact entries as (stamp, script), and whether a torn last entry
+        was dropped."""
         try:
             data = journal.read_bytes()
         except FileNotFoundError:
             return [], False
-        out: list[str] = []
+        out: list[tuple[dict[str, str | None], str]] = []
         pos = 0
         while pos < len(data):
             if not data.startswith(_FRAME, pos):
@@ -191,6 +207,7 @@ class StateStore:
             try:
                 header = json.loads(data[pos + len(_FRAME) : end])
                 length, digest = int(header["length"]), str(header["sha256"])
+                stamp = {k: header[k] for k in ("source_digest", "applied_at")}
             except (ValueError, KeyError, TypeError) as exc:
                 raise CorruptState(journal, f"bad entry header at byte {pos}") from exc
             body = data[end + 1 : end + 1 + length]
@@ -199,10 +216,10 @@ class StateStore:
                 if last:
                     return out, True  # body torn by a crash
                 raise CorruptState(journal, f"short entry at byte {pos}")
-            if _sha(body) != digest:
+            if _entry_sha(stamp, body) != digest:
                 if last:
                     return out, True
                 raise CorruptState(journal, f"checksum mismatch at byte {pos}")
-            out.append(body.decode())
+            out.append((stamp, body.decode()))
             pos = end + 1 + length
         return out, False

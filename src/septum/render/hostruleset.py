@@ -515,12 +515,12 @@ class _DenyStyle(enum.Enum):
     LOG_ACCEPT = "log-accept"
 
 
-#: mode → (style of explicit deny rules, style of default denies)
+#: mode → (style of explicit deny rules, style of default denies), for the modes that install
+#: rules (``Mode.installs_rules``: idle and visibility get no chains)
 _MODE_STYLES: Mapping[Mode, tuple[_DenyStyle, _DenyStyle]] = {
     Mode.ENFORCED: (_DenyStyle.DROP, _DenyStyle.DROP),
     Mode.SELECTIVE: (_DenyStyle.DROP, _DenyStyle.LOG_ACCEPT),
     Mode.TEST: (_DenyStyle.LOG_ACCEPT, _DenyStyle.LOG_ACCEPT),
-    Mode.VISIBILITY: (_DenyStyle.LOG_ACCEPT, _DenyStyle.LOG_ACCEPT),
 }
 
 
@@ -920,22 +920,34 @@ class _Builder:
     # ------------------------------------------------------------ failsafe and base chains
 
     def failsafe_rules(self, direction: Direction) -> list[NftRule]:
-        out: list[NftRule] = []
+        verdict, target = self._allow(direction)
         entries: tuple[FailsafeEntry, ...] = self.resolved.settings.failsafe
-        for i, entry in enumerate(entries):
-            if entry.direction is not None and entry.direction is not direction:
-                continue
-            key = (direction, i)
-            hit = self.cache._failsafe.get(key)
-            if hit is None:
-                peers = tuple(Peer(PeerKind.CIDR, cidr=c) for c in entry.cidrs)
-                # failsafe cidrs match any address, workloads' included
-                hit = _failsafe_expand(peers, entry.services, direction)
-                self.cache._failsafe[key] = hit
-            prov = Provenance(None, None, None, i, note=f"failsafe/{direction.value}")
-            verdict, target = self._allow(direction)
-            out.extend(NftRule(m, verdict, prov, target=target) for m in hit.alternatives)
-        return out
+        return _failsafe_rules(entries, direction, verdict, target, self.cache._failsafe)
+
+
+def _failsafe_rules(
+    entries: tuple[FailsafeEntry, ...],
+    direction: Direction,
+    verdict: Verdict,
+    target: str | None,
+    memo: dict[tuple[Direction, int], _Expanded] | None = None,
+) -> list[NftRule]:
+    """The rules of the failsafe entries that apply to ``direction``, each ending in
+    ``verdict`` (and ``target``); expansions are memoized in ``memo`` when given."""
+    out: list[NftRule] = []
+    for i, entry in enumerate(entries):
+        if entry.direction is not None and entry.direction is not direction:
+            continue
+        hit = memo.get((direction, i)) if memo is not None else None
+        if hit is None:
+            peers = tuple(Peer(PeerKind.CIDR, cidr=c) for c in entry.cidrs)
+            # failsafe cidrs match any address, workloads' included
+            hit = _failsafe_expand(peers, entry.services, direction)
+            if memo is not None:
+                memo[(direction, i)] = hit
+        prov = Provenance(None, None, None, i, note=f"failsafe/{direction.value}")
+        out.extend(NftRule(m, verdict, prov, target=target) for m in hit.alternatives)
+    return out
 
 
 def _failsafe_expand(
@@ -1164,26 +1176,12 @@ def build_fail_closed_ruleset(
         base = _base_chain(hook, settings.priority)
         rules = [r for r in base.rules if r.verdict is not Verdict.GOTO]
         for d in directions:
-            rules.extend(_fail_closed_failsafe(failsafe, d))
+            rules.extend(_failsafe_rules(failsafe, d, Verdict.ACCEPT, None))
         rules.append(drop)
         chains.append(replace(base, rules=tuple(rules), comment="fail-closed: no policy yet"))
     return HostRuleset(
         enforcer=enforcer, at=at, chains=tuple(chains), sets=(), maps=(), table=settings.table
     )
-
-
-def _fail_closed_failsafe(
-    entries: tuple[FailsafeEntry, ...], direction: Direction
-) -> list[NftRule]:
-    out: list[NftRule] = []
-    for i, entry in enumerate(entries):
-        if entry.direction is not None and entry.direction is not direction:
-            continue
-        peers = tuple(Peer(PeerKind.CIDR, cidr=c) for c in entry.cidrs)
-        prov = Provenance(None, None, None, i, note=f"failsafe/{direction.value}")
-        expanded = _failsafe_expand(peers, entry.services, direction)
-        out.extend(NftRule(m, Verdict.ACCEPT, prov) for m in expanded.alternatives)
-    return out
 
 
 def _named_set(cache: RuleCache, s: _SetDecl) -> NamedSet:

@@ -83,11 +83,6 @@ class FakeNft:
     def table_exists(self, family: str, table: str) -> bool:
         return (family, table) in self.tables
 
-    def list_table(self, family: str, table: str) -> str | None:
-        if (family, table) not in self.tables:
-            return None
-        return next(s for s in reversed(self.applied) if f"table {family} {table} {{" in s)
-
     @property
     def last(self) -> str:
         return self.applied[-1]
