@@ -742,12 +742,16 @@ def build_partition(
     at: datetime,
     selectors: Iterable[Selector] = (),
     network_selectors: Iterable[Selector] = (),
+    *,
+    unknown: bool = False,
 ) -> Partition:
     """The endpoint classes of ``repo`` at time ``at``.
 
-    Endpoints are (a) every workload address valid at ``at`` and (b) every address, held by
+    Endpoints are (a) every workload address valid at ``at``, (b) every address, held by
     no workload or user session at ``at``, of a network that one of ``network_selectors``
-    selects. The signature uses every atom of the repository plus ``selectors`` (pass the
+    selects, and (c) with ``unknown``, every address of no network held by nobody (kind
+    UNKNOWN: it matches only CIDR peers and ``all()``), for connectivity analysis. The
+    signature uses every atom of the repository plus ``selectors`` (pass the
     selectors you will :meth:`Partition.select` by, e.g. an invariant's).
 
     Network addresses are handled as elementary intervals: the selected networks' ranges
@@ -810,15 +814,17 @@ def build_partition(
     wanted = tuple(network_selectors)
     by_name = {n.name: n for n in repo.networks}
     selected = {n.name for n in repo.networks if any(s.matches(n.labels) for s in wanted)}
-    if selected:
+    if selected or unknown:
         held = _held_addresses(repo, at)
         network_selectors_cache: dict[frozenset[str], frozenset[Selector]] = {}
         for version, idx in index.items():
             for segment, keys in idx.segments():
                 inside = {k.name for k in keys if isinstance(k, _NetworkPart) and not k.excluded}
-                if not inside & selected:
-                    continue
                 inside -= {k.name for k in keys if isinstance(k, _NetworkPart) and k.excluded}
+                if not inside:
+                    if unknown:
+                        _add_unknown(groups, version, segment, keys, held, all_sel)
+                    continue
                 if not inside & selected:
                     continue
                 free = _free_addresses(segment, held.get(version, []), 2)
@@ -852,3 +858,24 @@ def build_partition(
                 )
 
     return _sorted_partition(EndpointClass.of(s, m) for s, m in groups.items())
+
+
+def _add_unknown(
+    groups: dict[Signature, list[Member]],
+    version: int,
+    segment: AddressInterval,
+    keys: frozenset[_RangeKey],
+    held: Mapping[int, Sequence[int]],
+    all_sel: frozenset[Selector],
+) -> None:
+    """Add an elementary segment of addresses of no network (attributed to nobody unless
+    held): its signature is what an unknown address shows, the CIDR atoms containing it and
+    the ``all()`` selectors."""
+    free = _free_addresses(segment, held.get(version, []), 2)
+    if not free:
+        return
+    cidrs = frozenset(k for k in keys if not isinstance(k, _NetworkPart))
+    sig = Signature(EndpointKind.UNKNOWN, version, all_sel, None, False, cidrs, frozenset())
+    groups[sig].append(
+        Member(EndpointKind.UNKNOWN, segment, "", tuple(segment.address(a) for a in free))
+    )

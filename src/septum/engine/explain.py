@@ -532,6 +532,16 @@ class Evaluator:
 
     # ------------------------------------------------------------------ internals
 
+    def side_decision(self, workload: Workload, direction: Direction, flow: Flow) -> SideDecision:
+        """The enforced-pass decision of ``workload``'s side alone for ``flow`` (its egress
+        when it is the source, its ingress when the target), whatever the other side says.
+        Used where only one side is Septum's business (e.g. an ingress controller reaching
+        an exposed workload). Cost: one attribution plus one memoized side evaluation."""
+        remote = flow.source if direction is Direction.INGRESS else flow.destination
+        decision, _ = self._side(workload, direction,
+                                 self._attributor.attribute(remote, flow.at), flow)
+        return decision
+
     def _side(
         self, workload: Workload, direction: Direction, remote: Endpoint, flow: Flow
     ) -> tuple[SideDecision, SideDecision]:
