@@ -669,7 +669,14 @@ class _NetworkPart:
     excluded: bool
 
 
-_RangeKey = IPNetwork | _NetworkPart
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A range key marking an address held by a workload or user session, so that external
+    intervals are cut around it (connectivity analysis only)."""
+
+
+_HELD = _Held()
+_RangeKey = IPNetwork | _NetworkPart | _Held
 _Projection = tuple[str | None, ...]
 
 
@@ -701,6 +708,19 @@ class _SelectorMatcher:
                 hit = cache[projection] = frozenset(s for s in selectors if s.matches(view))
             out |= hit
         return frozenset(out)
+
+
+def _holders(repo: Repository, at: datetime, *, workloads: bool) -> Iterator[IPAddress]:
+    """Addresses of user sessions (and of workloads, if ``workloads``) valid at ``at``."""
+    if workloads:
+        for w in repo.workloads:
+            for b in w.addresses:
+                if b.valid_at(at):
+                    yield b.address
+    for u in repo.users:
+        for b in u.sessions:
+            if b.valid_at(at):
+                yield b.address
 
 
 def _held_addresses(repo: Repository, at: datetime) -> dict[int, list[int]]:
@@ -781,6 +801,12 @@ def build_partition(
             for c in nets:
                 iv = AddressInterval.of(c)
                 ranges[iv.version].append((part, iv.first, iv.last))
+    if unknown:
+        # Held addresses are not external: cut them out of the external intervals (workload
+        # addresses only where CIDR peers match them; otherwise workloads live in an address
+        # space of their own, as pods do for Kubernetes' ipBlocks).
+        for held_at in _holders(repo, at, workloads=repo.settings.cidr_matches_workloads):
+            ranges[held_at.version].append((_HELD, int(held_at), int(held_at)))
     index = {v: RangeIndex[_RangeKey](v, r) for v, r in ranges.items()}
 
     groups: dict[Signature, list[Member]] = defaultdict(list)
@@ -794,7 +820,7 @@ def build_partition(
             if matched is None:
                 matched = matcher.match(w.labels)
             keys = index[b.address.version].lookup(int(b.address))
-            cidrs = frozenset(k for k in keys if not isinstance(k, _NetworkPart))
+            cidrs = frozenset(k for k in keys if not isinstance(k, _NetworkPart | _Held))
             sig = Signature(
                 EndpointKind.WORKLOAD,
                 b.address.version,
@@ -821,6 +847,8 @@ def build_partition(
             for segment, keys in idx.segments():
                 inside = {k.name for k in keys if isinstance(k, _NetworkPart) and not k.excluded}
                 inside -= {k.name for k in keys if isinstance(k, _NetworkPart) and k.excluded}
+                if _HELD in keys:
+                    continue  # a held address: its holder is the endpoint
                 if not inside:
                     if unknown:
                         _add_unknown(groups, version, segment, keys, held, all_sel)
@@ -838,7 +866,7 @@ def build_partition(
                         for s in atoms.selectors
                         if any(s.matches(by_name[n].labels) for n in names)
                     )
-                cidrs = frozenset(k for k in keys if not isinstance(k, _NetworkPart))
+                cidrs = frozenset(k for k in keys if not isinstance(k, _NetworkPart | _Held))
                 sig = Signature(
                     EndpointKind.NETWORK,
                     version,
@@ -874,7 +902,7 @@ def _add_unknown(
     free = _free_addresses(segment, held.get(version, []), 2)
     if not free:
         return
-    cidrs = frozenset(k for k in keys if not isinstance(k, _NetworkPart))
+    cidrs = frozenset(k for k in keys if not isinstance(k, _NetworkPart | _Held))
     sig = Signature(EndpointKind.UNKNOWN, version, all_sel, None, False, cidrs, frozenset())
     groups[sig].append(
         Member(EndpointKind.UNKNOWN, segment, "", tuple(segment.address(a) for a in free))
