@@ -27,9 +27,11 @@ from septum.testing.builders import (
     policy,
     repo,
     rule,
-    settings as repo_settings,
     tier,
     workload,
+)
+from septum.testing.builders import (
+    settings as repo_settings,
 )
 from septum.testing.strategies import repositories
 
@@ -139,7 +141,8 @@ def test_formats_carry_the_same_rows() -> None:
     assert "api,db,TCP 5432" in format_connectivity(conn, ReportFormat.CSV)
     assert "| api | db | TCP 5432 |" in format_connectivity(conn, ReportFormat.MD)
     dot = format_connectivity(conn, ReportFormat.DOT)
-    assert dot.startswith("digraph") and '"TCP 5432"' in dot
+    assert dot.startswith("digraph")
+    assert '"TCP 5432"' in dot
 
 
 def test_diff_reports_added_and_removed_ports_and_is_partition_agnostic() -> None:
