@@ -595,8 +595,6 @@ def format_connectivity(conn: Connectivity, fmt: ReportFormat) -> str:
 
 
 def _format_rows(rows: Sequence[tuple[str, str, str]], fmt: ReportFormat) -> str:
-    import csv
-    import io
     import json
 
     if fmt is ReportFormat.TXT:
@@ -604,11 +602,8 @@ def _format_rows(rows: Sequence[tuple[str, str, str]], fmt: ReportFormat) -> str
     if fmt is ReportFormat.JSON:
         return json.dumps([{"src": s, "dst": t, "conn": c} for s, t, c in rows], indent=2) + "\n"
     if fmt is ReportFormat.CSV:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["src", "dst", "conn"])
-        writer.writerows(rows)
-        return buf.getvalue()
+        return "".join(",".join(_csv_field(x) for x in row) + "\n"
+                       for row in [("src", "dst", "conn"), *rows])
     if fmt is ReportFormat.MD:
         lines = ["| src | dst | conn |", "|-----|-----|------|"]
         lines += [f"| {s} | {t} | {c} |" for s, t, c in rows]
@@ -623,6 +618,13 @@ def _format_rows(rows: Sequence[tuple[str, str, str]], fmt: ReportFormat) -> str
         out.append(f"  {ids[s]} -> {ids[t]} [label={json.dumps(c)}];")
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _csv_field(text: str) -> str:
+    """RFC 4180 quoting (no ``csv`` module: it would pull ``io`` into the pure core)."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def format_diff(diff: ConnectivityDiff, fmt: ReportFormat) -> str:
