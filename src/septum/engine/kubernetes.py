@@ -11,6 +11,7 @@ the exposed ports only, and the controllers' results are united.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from septum.engine.connectivity import (
@@ -28,6 +29,10 @@ from septum.model.resources import Direction, Protocol
 __all__ = ["analyze_cluster"]
 
 
+def _shown(e: Endpoint, shown: Callable[[str], str]) -> Endpoint:
+    return e if e.external else Endpoint.workload(shown(e.name))
+
+
 def analyze_cluster(
     cluster: KubernetesCluster, at: datetime, evaluator: Evaluator | None = None
 ) -> Connectivity:
@@ -36,8 +41,12 @@ def analyze_cluster(
     ev = evaluator if evaluator is not None else Evaluator(repo)
     conn = analyze_connectivity(repo, at, KUBERNETES, ev)
     controllers = set(cluster.controllers)
-    kept = [c for c in conn.connections
-            if c.source.name not in controllers and c.target.name not in controllers]
+    shown = cluster.shown
+    kept = [
+        Connection(_shown(c.source, shown), _shown(c.target, shown), c.ports, c.everything)
+        for c in conn.connections
+        if c.source.name not in controllers and c.target.name not in controllers
+    ]
     universe = conn.universe.get(4, ())
     by_name = {w.name: w for w in repo.workloads}
     for exposure in cluster.exposures:
@@ -57,7 +66,7 @@ def analyze_cluster(
         if pieces:
             ports = port_set_of(pieces)
             kept.append(Connection(Endpoint.workload(INGRESS_CONTROLLER),
-                                   Endpoint.workload(exposure.workload), ports,
+                                   Endpoint.workload(shown(exposure.workload)), ports,
                                    ports == universe))
     kept.sort(key=lambda c: (str(c.source), str(c.target)))
     return Connectivity(tuple(kept), conn.options, conn.classes, conn.evaluations,

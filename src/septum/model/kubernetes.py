@@ -15,8 +15,10 @@
       └─ Service + Ingress / Route ► exposures ({ingress-controller} → workload, ports)
     Settings: repository default allow; CIDR peers (ipBlock, networks) never match pods.
 
-Identity: a workload is named ``namespace/name[Kind]`` (netpol-analyzer's naming) unless its
-pod template carries the annotation ``septum.io/workload`` (our own renderer's round trip).
+Identity: a workload is *shown* as ``namespace/name[Kind]`` (netpol-analyzer's naming) and
+*named* ``namespace_name_kind`` (a valid Septum name: ``_`` never occurs in Kubernetes names,
+so the mapping is one to one); a pod template carrying the annotation ``septum.io/workload``
+(our own renderer's round trip) is named and shown by that annotation.
 Its labels are the pod labels, the implicit ``septum.io/kind|name|namespace`` (unless the pod
 already has them), and its namespace's labels under ``namespace.septum.io/<key>``, so that a
 ``namespaceSelector`` is an ordinary Septum selector. Every translated pod selector carries a
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from types import MappingProxyType
 
@@ -134,6 +136,10 @@ class KubernetesCluster:
     exposures: tuple[Exposure, ...] = ()
     controllers: tuple[str, ...] = ()
     warnings: tuple[Problem, ...] = ()
+    display: Mapping[str, str] = field(default_factory=dict)  # workload name -> shown name
+
+    def shown(self, name: str) -> str:
+        return self.display.get(name, name)
 
 
 # ------------------------------------------------------------------------ document handling
@@ -284,6 +290,7 @@ def _pods(ns_terms: list[str] | None, same_ns: str | None, pod: Mapping[str, obj
 @dataclass(slots=True)
 class _WorkloadDraft:
     name: str
+    display: str
     namespace: str
     labels: dict[str, str]
     ports: list[tuple[str, Protocol, int]]  # named container ports
@@ -330,6 +337,12 @@ def _owner(obj: _Obj) -> tuple[str, str] | None:
     return str(chosen.get("kind")), str(chosen.get("name"))
 
 
+def _septum_name(*parts: str) -> str:
+    """``a_b_c``, lower case, characters outside Septum names replaced by ``-``."""
+    text = "_".join(p.lower() for p in parts)
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in text).strip("-._") or "x"
+
+
 def _workloads(objs: Sequence[_Obj]) -> list[_WorkloadDraft]:
     """One draft per top owner (or bare pod); replicas merge into their owner."""
     by_key = {(o.kind, o.namespace, o.name): o for o in objs}
@@ -356,11 +369,13 @@ def _workloads(objs: Sequence[_Obj]) -> list[_WorkloadDraft]:
         meta = _map(tmpl.get("metadata"), (*where, "metadata"))
         labels = _labels(meta.get("labels"), (*where, "metadata", "labels"))
         annotations = _map(meta.get("annotations"), (*where, "metadata", "annotations"))
-        display = str(annotations.get(WORKLOAD_ANNOTATION) or f"{ns}/{name}[{kind}]")
+        own = annotations.get(WORKLOAD_ANNOTATION)
+        display = str(own or f"{ns}/{name}[{kind}]")
+        septum_name = str(own or _septum_name(ns, name, kind))
         ports = _container_ports(tmpl, where)
         found = drafts.get((kind, ns, name))
         if found is None:
-            drafts[(kind, ns, name)] = _WorkloadDraft(display, ns, labels, ports, o)
+            drafts[(kind, ns, name)] = _WorkloadDraft(septum_name, display, ns, labels, ports, o)
         else:
             for p in ports:
                 if p not in found.ports:
@@ -548,8 +563,8 @@ def _finish_rules(
              description: str | None) -> None:
         if peers is not None and not peers:
             return  # matches no peer
-        rules.append(Rule(action, len(rules), tuple(peers or ()), tuple(sorted(set(services), key=str)),
-                          description=description))
+        rules.append(Rule(action, len(rules), tuple(peers or ()),
+                          tuple(sorted(set(services), key=str)), description=description))
 
     for d in drafts:
         if d.any_port:
@@ -640,8 +655,8 @@ class _Mapper:
         if exposures:
             for ns, labels in _CONTROLLER_NAMESPACES:
                 namespaces.setdefault(ns, dict(labels))
-                controllers.append(_WorkloadDraft(f"{INGRESS_CONTROLLER}/{ns}", ns, {}, [],
-                                                  exposers[0]))
+                controllers.append(_WorkloadDraft(_septum_name("ingress-controller", ns),
+                                                  INGRESS_CONTROLLER, ns, {}, [], exposers[0]))
         everything = [*drafts, *controllers]
         labelled = [(d, self._workload_labels(d, namespaces)) for d in everything]
         tiers: list[Tier] = []
@@ -679,8 +694,9 @@ class _Mapper:
             settings=Settings(default_action=RepositoryDefault.ALLOW,
                               cidr_matches_workloads=False),
         )
+        display = MappingProxyType({d.name: d.display for d in everything})
         return KubernetesCluster(repo, tuple(exposures), tuple(c.name for c in controllers),
-                                 tuple(self.warnings))
+                                 tuple(self.warnings), display)
 
     def _guarded_workloads(self, objs: list[_Obj]) -> list[_WorkloadDraft]:
         good: list[_Obj] = []
@@ -716,7 +732,7 @@ class _Mapper:
         warn: list[tuple[Path, str]] = []
         if o.kind == "NetworkPolicy":
             tier, order = NETWORKPOLICY_TIER, 0.0
-            name = f"{o.namespace}/{o.name}"
+            name = _septum_name("np", o.namespace, o.name)
             applies = _pods(None, o.namespace, _map(spec.get("podSelector"), ("spec",
                                                                               "podSelector")),
                             ("spec",))
@@ -735,7 +751,7 @@ class _Mapper:
         else:
             admin = o.kind == "AdminNetworkPolicy"
             tier = ADMIN_TIER if admin else BASELINE_TIER
-            name = o.name
+            name = _septum_name("anp" if admin else "banp", o.name)
             if admin:
                 prio = spec.get("priority")
                 if not isinstance(prio, int) or isinstance(prio, bool) or not 0 <= prio <= 1000:
@@ -762,16 +778,17 @@ class _Mapper:
             if len(parts) > 1:
                 member = ", ".join(_quote(w.name) for w in part)
                 part_applies = parse_selector(f"({applies.text}) && ({NAME_LABEL} in {{{member}}})")
-                suffix = f"#{k + 1}"
+                suffix = f"_part{k + 1}"
             out.append(Policy(
-                name=f"{o.kind}/{name}{suffix}",
+                name=f"{name}{suffix}",
                 tier=tier,
                 order=order,
                 applies_to=part_applies,
                 ingress=None if ingress is None else _finish_rules(ingress, False, labelled,
                                                                    part),
                 egress=None if egress is None else _finish_rules(egress, True, labelled, part),
-                description=f"{o.kind} {name}",
+                description=(f"{o.kind} {o.namespace}/{o.name}" if o.kind == "NetworkPolicy"
+                             else f"{o.kind} {o.name}"),
             ))
         return out
 
