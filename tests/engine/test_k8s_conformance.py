@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from septum.engine.connectivity import canonical, diff_connectivity, parse_connlist
+from septum.engine.connectivity import (
+    KUBERNETES,
+    analyze_connectivity,
+    canonical,
+    diff_connectivity,
+    parse_connlist,
+)
 from septum.engine.kubernetes import analyze_cluster
-from septum.sources.kubernetes import load_cluster
+from septum.sources.files import load_repository
+from septum.sources.kubernetes import load_cluster, write_repository
 from septum.testing.builders import T0
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,3 +56,21 @@ def test_case_agrees_with_netpol_analyzer(case: str) -> None:
                               f"{case}/expected.txt")
     diff = diff_connectivity(expected, mine)
     assert diff.empty, "\n".join(diff.lines()[:40])
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_imported_repository_written_as_yaml_means_the_same(case: str, tmp_path: Path) -> None:
+    """``septum k8s import --out`` writes policy as code that loads back and analyses to the
+    same connectivity (the ingress controller's exposure is Kubernetes-only)."""
+    cluster = load_cluster(CASES / case / "input")
+    write_repository(cluster.repository, tmp_path)
+    loaded = load_repository(tmp_path)
+    assert loaded == cluster.repository
+    direct = canonical(analyze_cluster(cluster, T0))
+    via_yaml = canonical(analyze_connectivity(loaded, T0, KUBERNETES))
+    shown = {(cluster.shown(a), cluster.shown(b)): ps for (a, b), ps in via_yaml.pairs.items()
+             if a not in cluster.controllers and b not in cluster.controllers}
+    assert shown == {k: v for k, v in direct.pairs.items() if k[0] != "{ingress-controller}"}
+    externals = {(cluster.shown(w), out): r for (w, out), r in via_yaml.externals.items()
+                 if w not in cluster.controllers}
+    assert externals == dict(direct.externals)

@@ -390,8 +390,187 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
     raise typer.Exit(0 if report.passed else 1)
 
 
+
+# ------------------------------------------------------------- connectivity, k8s, render
+
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="Output format: txt, json, csv, md or dot.")
+]
+
+
+def _report_format(text: str) -> Any:
+    from septum.engine.connectivity import ReportFormat
+
+    try:
+        return ReportFormat(text)
+    except ValueError:
+        _fail(f"--format {text!r} is not one of txt, json, csv, md, dot")
+
+
+@app.command()
+def analyze(repo: RepoArg, fmt: FormatOpt = "txt", at: AtOpt = None) -> None:
+    """Every allowed connection between workloads, and between workloads and external
+    ranges, of a Septum repository (the connlist format of `septum k8s connectivity`)."""
+    from septum.engine.connectivity import analyze_connectivity, format_connectivity
+
+    report_format = _report_format(fmt)
+    when = _now(at)
+    with _reported(False):
+        model = _load(repo)
+        with _progress() as progress:
+            progress.add_task("analysing", total=None)
+            with gc_paused():
+                result = analyze_connectivity(model, when)
+    sys.stdout.write(format_connectivity(result, report_format))
+
+
+@app.command("diff")
+def diff_command(
+    old: Annotated[Path, typer.Argument(help="Repository or cluster manifests before.")],
+    new: Annotated[Path, typer.Argument(help="Repository or cluster manifests after.")],
+    fmt: FormatOpt = "txt",
+    at: AtOpt = None,
+) -> None:
+    """The semantic difference between two repositories or two clusters: connections added
+    (+) and removed (-). Exit code 1 when they differ."""
+    from septum.engine.connectivity import format_diff
+    from septum.engine.kubernetes import semantic_diff
+    from septum.sources.kubernetes import load_input
+
+    report_format = _report_format(fmt)
+    when = _now(at)
+    with _reported(False):
+        before, after = load_input(old), load_input(new)
+        with gc_paused():
+            result = semantic_diff(before, after, when)
+    sys.stdout.write(format_diff(result, report_format))
+    if not result.empty:
+        err.print(f"{len(result.changes)} pair(s) changed")
+    raise typer.Exit(0 if result.empty else 1)
+
+
+k8s_app = typer.Typer(
+    name="k8s",
+    help="Kubernetes clusters: import manifests, analyse their connectivity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ManifestsArg = Annotated[Path, typer.Argument(help="Directory of manifests (.yaml/.yml/.json).")]
+
+
+@k8s_app.command("connectivity")
+def k8s_connectivity(manifests: ManifestsArg, fmt: FormatOpt = "txt", at: AtOpt = None) -> None:
+    """Every allowed connection of the cluster, in netpol-analyzer's connlist format."""
+    from septum.engine.connectivity import format_connectivity
+    from septum.engine.kubernetes import analyze_cluster
+    from septum.sources.kubernetes import load_cluster
+
+    report_format = _report_format(fmt)
+    when = _now(at)
+    with _reported(False):
+        cluster = load_cluster(manifests)
+        for w in cluster.warnings:
+            err.print(f"[bold]{w.file}:{w.line}:{w.column}[/]: [yellow]warning:[/] {w.message}")
+        with gc_paused():
+            result = analyze_cluster(cluster, when)
+    sys.stdout.write(format_connectivity(result, report_format))
+
+
+@k8s_app.command("import")
+def k8s_import(
+    manifests: ManifestsArg,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write the cluster as a Septum repository.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read a cluster's manifests into Septum's model: workloads (one per owning workload),
+    tiers (AdminNetworkPolicy, NetworkPolicy, BaselineAdminNetworkPolicy) and policies."""
+    from septum.sources.kubernetes import load_cluster, write_repository
+
+    with _reported(as_json):
+        cluster = load_cluster(manifests)
+        written = write_repository(cluster.repository, out_dir) if out_dir is not None else None
+    model = cluster.repository
+    tiers = [t.name for t in model.tiers]
+    summary = {
+        "workloads": len(model.workloads),
+        "tiers": tiers,
+        "policies": len(model.policies),
+        "exposures": len(cluster.exposures),
+        "warnings": [str(w) for w in cluster.warnings],
+        "out": str(written) if written is not None else None,
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    for w in cluster.warnings:
+        err.print(f"[bold]{w.file}:{w.line}:{w.column}[/]: [yellow]warning:[/] {w.message}")
+    out.print(f"{summary['workloads']} workloads, {summary['policies']} policies in tiers "
+              f"{', '.join(tiers) or '(none)'}; {summary['exposures']} exposed")
+    if written is not None:
+        out.print(f"wrote the repository to {written}/")
+
+
+@app.command()
+def render(
+    repo: RepoArg,
+    target: Annotated[str, typer.Option("--target", help="k8s, calico, cilium or aws.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write the manifests to DIR.")
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Import the rendering back and compare "
+                                            "its connectivity with the repository's.")
+    ] = False,
+    inventory: Annotated[
+        bool, typer.Option("--inventory/--no-inventory",
+                           help="Also render Namespaces and Pods (k8s target).")
+    ] = False,
+    at: AtOpt = None,
+) -> None:
+    """Compile the repository to a platform's native policy. What the target cannot express
+    is listed (never dropped in silence); exit code 1 when --verify finds a difference the
+    listed limitations do not account for."""
+    from septum.render.platforms import TARGETS, render_target, verify_rendering
+    from septum.sources.kubernetes import write_rendering
+
+    if target not in TARGETS:
+        _fail(f"--target {target!r} is not one of {', '.join(TARGETS)}")
+    when = _now(at)
+    with _reported(False):
+        model = _load(repo)
+        with gc_paused():
+            rendering = render_target(model, target, when, inventory=inventory or verify)
+            check = verify_rendering(model, rendering, when) if verify else None
+        if out_dir is not None:
+            files = write_rendering(rendering, out_dir)
+            err.print(f"wrote {', '.join(files)} to {out_dir}/")
+        else:
+            sys.stdout.write(rendering_text(rendering))
+    for limitation in rendering.limitations:
+        err.print(f"[yellow]cannot express:[/] {limitation}")
+    if check is None:
+        return
+    for line in check.diff.lines()[:50]:
+        err.print(f"  {line}")
+    err.print(check.summary())
+    raise typer.Exit(0 if check.passed else 1)
+
+
+def rendering_text(rendering: Any) -> str:
+    from septum.sources.kubernetes import rendering_files
+
+    files = rendering_files(rendering)
+    if len(files) == 1:
+        return next(iter(files.values()))
+    return "".join(f"# ---- {name}\n{text}" for name, text in files.items())
+
+
 app.command("agent")(agent_command)
 app.add_typer(lab_app, name="lab")
+app.add_typer(k8s_app, name="k8s")
 
 
 def _nft_check(nft: str | None, script: str) -> str:

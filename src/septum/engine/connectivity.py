@@ -654,3 +654,34 @@ def merge_maps(first: ConnectivityMap, second: ConnectivityMap) -> ConnectivityM
 
 
 __all__ += ["ConnectivityMap", "canonical", "format_diff", "intersect", "merge_maps"]
+
+
+def without_addresses(m: ConnectivityMap, addresses: Iterable[IPv4Address | IPv6Address]
+                      ) -> ConnectivityMap:
+    """``m`` with the given addresses cut out of every external range: used when two
+    reports disagree on whether an address is external at all (a Septum workload's address
+    is its own; rendered as a pod, it is external to Kubernetes' ipBlocks)."""
+    cuts: dict[int, list[int]] = defaultdict(list)
+    for a in addresses:
+        cuts[a.version].append(int(a))
+    for v in cuts:
+        cuts[v].sort()
+    externals: dict[_ExternalKey, _Ranges] = {}
+    for key, ranges in m.externals.items():
+        pieces: list[tuple[int, int, int, PortSet]] = []
+        for v, first, last, ports in ranges:
+            start = first
+            for x in cuts.get(v, ()):
+                if x < start or x > last:
+                    continue
+                if x > start:
+                    pieces.append((v, start, x - 1, ports))
+                start = x + 1
+            if start <= last:
+                pieces.append((v, start, last, ports))
+        if pieces:
+            externals[key] = tuple(pieces)
+    return ConnectivityMap(m.pairs, externals, m.universe)
+
+
+__all__ += ["without_addresses"]

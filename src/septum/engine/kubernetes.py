@@ -18,13 +18,18 @@ from septum.engine.connectivity import (
     KUBERNETES,
     Connection,
     Connectivity,
+    ConnectivityDiff,
+    ConnectivityMap,
+    ConnectivityOptions,
     Endpoint,
     analyze_connectivity,
+    canonical,
+    diff_connectivity,
     port_set_of,
 )
 from septum.engine.explain import Evaluator, Flow, Verdict
 from septum.model.kubernetes import INGRESS_CONTROLLER, KubernetesCluster
-from septum.model.resources import Direction, Protocol
+from septum.model.resources import Direction, Protocol, Repository
 
 __all__ = ["analyze_cluster"]
 
@@ -71,3 +76,22 @@ def analyze_cluster(
     kept.sort(key=lambda c: (str(c.source), str(c.target)))
     return Connectivity(tuple(kept), conn.options, conn.classes, conn.evaluations,
                         conn.universe)
+
+
+def semantic_diff(
+    before: Repository | KubernetesCluster, after: Repository | KubernetesCluster, at: datetime
+) -> ConnectivityDiff:
+    """Connections added and removed between two repositories or clusters (or one of each:
+    then both are analysed in Kubernetes' universe, tcp/udp/sctp over IPv4). Pure."""
+    mixed = isinstance(before, KubernetesCluster) or isinstance(after, KubernetesCluster)
+    options = KUBERNETES if mixed else ConnectivityOptions()
+
+    def report(x: Repository | KubernetesCluster) -> ConnectivityMap:
+        if isinstance(x, KubernetesCluster):
+            return canonical(analyze_cluster(x, at))
+        return canonical(analyze_connectivity(x, at, options))
+
+    return diff_connectivity(report(before), report(after))
+
+
+__all__ += ["semantic_diff"]

@@ -71,9 +71,12 @@ API_VERSION = "septum/v1"
 #: Resource names: DNS-label-like, lowercase, at most 253 characters.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
 NAME_MAX = 253
-#: Label keys: optional DNS prefix and "/", then a name of at most 63 characters.
+#: Label keys: optional DNS prefix and "/", then a name of at most 63 characters. A key
+#: under ``namespace.septum.io/`` holds a whole label key of the workload's Kubernetes
+#: namespace (``namespace.septum.io/kubernetes.io/metadata.name``), as imported clusters do.
 LABEL_KEY_PATTERN = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"^(namespace\.septum\.io/)?"
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_VALUE_PATTERN = r"^[-A-Za-z0-9_.]{0,63}$"

@@ -689,7 +689,7 @@ class _Mapper:
         )
         repo = Repository(
             workloads=tuple(sorted(workloads, key=lambda w: w.name)),
-            tiers=tuple(tiers),
+            tiers=tuple(sorted(tiers, key=lambda t: t.name)),
             policies=tuple(sorted(out_policies, key=lambda p: p.name)),
             settings=Settings(default_action=RepositoryDefault.ALLOW,
                               cidr_matches_workloads=False),
