@@ -34,7 +34,7 @@ from __future__ import annotations
 import enum
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -42,6 +42,7 @@ from itertools import pairwise
 from typing import Generic, TypeVar
 
 from septum.engine.attribution import EndpointKind
+from septum.engine.label_index import LabelIndex
 from septum.model.resources import (
     Direction,
     FailsafeEntry,
@@ -757,6 +758,10 @@ def _managed(w: Workload) -> bool:
     return w.mode is not Mode.IDLE
 
 
+#: Above this many workloads, build_partition matches selectors through a LabelIndex.
+_INDEX_WORKLOADS_AFTER = 200
+
+
 def build_partition(
     repo: Repository,
     at: datetime,
@@ -811,14 +816,25 @@ def build_partition(
 
     groups: dict[Signature, list[Member]] = defaultdict(list)
 
-    # (a) workload addresses
+    # (a) workload addresses. Many workloads: one label index answers which selectors
+    # select each of them by set algebra over posting lists, instead of evaluating every
+    # selector whose keys a workload's labels project to something new (selectors over
+    # unique labels such as septum.io/name would be evaluated once per workload).
+    selected_by: Callable[[Workload], frozenset[Selector]] = _matching(matcher)
+    if len(repo.workloads) > _INDEX_WORKLOADS_AFTER:
+        label_index = LabelIndex()
+        for w in repo.workloads:
+            label_index.upsert_endpoint(w.name, w.labels)
+        for sel in atoms.selectors:
+            label_index.add_selector(sel)
+        selected_by = _indexed(label_index)
     for w in repo.workloads:
         matched: frozenset[Selector] | None = None
         for b in w.addresses:
             if not b.valid_at(at):
                 continue
             if matched is None:
-                matched = matcher.match(w.labels)
+                matched = selected_by(w)
             keys = index[b.address.version].lookup(int(b.address))
             cidrs = frozenset(k for k in keys if not isinstance(k, _NetworkPart | _Held))
             sig = Signature(
@@ -886,6 +902,14 @@ def build_partition(
                 )
 
     return _sorted_partition(EndpointClass.of(s, m) for s, m in groups.items())
+
+
+def _matching(matcher: _SelectorMatcher) -> Callable[[Workload], frozenset[Selector]]:
+    return lambda w: matcher.match(w.labels)
+
+
+def _indexed(index: LabelIndex) -> Callable[[Workload], frozenset[Selector]]:
+    return lambda w: index.selectors_of(w.name)
 
 
 def _add_unknown(

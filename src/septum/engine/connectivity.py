@@ -249,17 +249,23 @@ def analyze_connectivity(
     ingress.use_remotes(source_supers, egress)
 
     edges: list[tuple[int, int, int]] = []  # (source super, target super, port set id)
+    by_group: dict[int, list[int]] = defaultdict(list)
     for sk, members in enumerate(source_supers):
-        g = egress.group_of[members[0]]
-        for v, by_group in egress.by_view_then_group(g).items():
+        by_group[egress.group_of[members[0]]].append(sk)
+    meet = port_sets.meet
+    ingress_allowed = ingress.allowed_for
+    for g, sks in by_group.items():
+        # each egress group once: its table (size: supers) is dropped after use
+        table = egress.by_view_then_group(g, keep=False)
+        for v, targets in table.items():
             e = egress.allowed(g, v)
             if e == 0:
                 continue
-            for h, tks in by_group.items():
-                both = port_sets.meet(e, ingress.allowed(h, ingress.view(h, sk)))
-                if both == 0:
-                    continue
-                edges.extend((sk, tk, both) for tk in tks)
+            for sk in sks:
+                for h, tks in targets.items():
+                    both = meet(e, ingress_allowed(h, sk))
+                    if both:
+                        edges.extend((sk, tk, both) for tk in tks)
 
     universe = {v: port_sets.sets[egress.universe(v)] for v in opts.versions}
     names = _display_names(repo)

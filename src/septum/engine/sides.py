@@ -159,7 +159,8 @@ class SideGroup:
     for the direction, and one mode; or (``workload`` None) classes whose side is not
     evaluated (networks, idle workloads). ``atoms`` are what the group's live enforced rules
     and the failsafe read of the remote; ``mask`` their bits (plus the kind bit; 0 when not
-    evaluated). ``view_of`` maps every remote index to its view id (-1: another IP version);
+    evaluated). ``view_ids`` numbers the views met (by mask), ``view_reps`` their first
+    remote super-class;
     ``allowed`` caches, per view, the id of the port set without an enforced deny."""
 
     version: int
@@ -168,8 +169,8 @@ class SideGroup:
     atoms: frozenset[Atom]
     ports: tuple[PortInterval, ...]
     mask: int = 0
-    view_of: list[int] | None = None
-    view_reps: list[int] | None = None
+    view_ids: dict[int, int] = field(default_factory=dict)  # view mask -> view id
+    view_reps: list[int] = field(default_factory=list)  # view id -> first super with it
     allowed: dict[int, int] = field(default_factory=dict)
     names: frozenset[str] | None = None  # the enforced policies applying (None: no side)
     program: _SideProgram | None = None
@@ -396,30 +397,27 @@ class Sides:
             found = self._universe[version] = self.port_sets.intern(port_set(ports))
         return found
 
-    def _views(self, group: SideGroup) -> tuple[list[int], list[int]]:
-        if group.view_of is not None and group.view_reps is not None:
-            return group.view_of, group.view_reps
-        ids: dict[int, int] = {}
-        view_of: list[int] = []
-        reps: list[int] = []
-        gmask = group.mask
-        version = group.version
-        for k, (v, mask) in enumerate(zip(self._super_version, self._super_mask, strict=True)):
-            if v != version:
-                view_of.append(-1)
-                continue
-            view = mask & gmask
-            found = ids.get(view)
-            if found is None:
-                found = ids[view] = len(reps)
-                reps.append(k)
-            view_of.append(found)
-        group.view_of, group.view_reps = view_of, reps
-        return view_of, reps
+    def _view_id(self, group: SideGroup, k: int) -> int:
+        """The view id of remote super-class ``k`` for ``group`` (-1: another IP version),
+        numbered in order of first appearance. O(1): one AND and one dict lookup, so no
+        table of size supers is kept per group (that would be quadratic in memory)."""
+        if self._super_version[k] != group.version:
+            return -1
+        view = self._super_mask[k] & group.mask
+        found = group.view_ids.get(view)
+        if found is None:
+            found = group.view_ids[view] = len(group.view_reps)
+            group.view_reps.append(k)
+        return found
 
     def view(self, g: int, k: int) -> int:
         """The view id of remote super-class ``k`` for group ``g`` (-1: another IP version)."""
-        return self._views(self.groups[g])[0][k]
+        return self._view_id(self.groups[g], k)
+
+    def allowed_for(self, g: int, k: int) -> int:
+        """``allowed(g, view of k)``, or the empty set's id for another IP version."""
+        v = self._view_id(self.groups[g], k)
+        return 0 if v < 0 else self.allowed(g, v)
 
     def allowed(self, g: int, v: int) -> int:
         """The id of the port set on which group ``g``'s side gives no enforced deny to
@@ -428,7 +426,7 @@ class Sides:
         found = group.allowed.get(v)
         if found is not None:
             return found
-        _, reps = self._views(group)
+        reps = group.view_reps
         self.cells += 1
         workload = group.workload
         if workload is None:  # no side: nothing is denied here
@@ -465,15 +463,21 @@ class Sides:
         group.allowed[v] = found
         return found
 
-    def by_view_then_group(self, g: int) -> dict[int, dict[int, list[int]]]:
-        """For group ``g``: its views -> the opposite side's groups -> remote super-classes."""
+    def by_view_then_group(self, g: int, *, keep: bool = True
+                           ) -> dict[int, dict[int, list[int]]]:
+        """For group ``g``: its views -> the opposite side's groups -> remote super-classes.
+        O(supers); kept for later calls unless ``keep`` is False (a caller visiting each
+        group once should not hold a table of size supers per group)."""
         found = self._by_view_then_group.get(g)
         if found is None:
             found = {}
-            for k, v in enumerate(self._views(self.groups[g])[0]):
+            group = self.groups[g]
+            for k in range(len(self.supers)):
+                v = self._view_id(group, k)
                 if v >= 0:
                     found.setdefault(v, {}).setdefault(self._super_group[k], []).append(k)
-            self._by_view_then_group[g] = found
+            if keep:
+                self._by_view_then_group[g] = found
         return found
 
 
