@@ -1,0 +1,1217 @@
+"""Septum → Kubernetes: AdminNetworkPolicy, NetworkPolicy, BaselineAdminNetworkPolicy.
+
+``render_kubernetes(repo, at)`` is ``semantics.md`` "Kubernetes meaning" in reverse::
+
+    Repository ──resolve_policy(at)──► tiers in order (staged policies, expired rules out)
+      failsafe ─────────────────────────► ANP priority base (Allow)
+      every tier but the last app tier ─► one ANP per policy (first match across priorities)
+                                          + per-policy trailing Deny-all ANPs for a tier
+                                            whose default is deny
+      last tier, allow-only, deny default ► NetworkPolicies per namespace (union of allows,
+                                            deny once selected)
+      repository default deny ──────────► BANP "default" (deny all) + per-namespace
+                                            default-deny-ingress NetworkPolicy
+    then the inventory (Namespaces, Pods) when asked.
+
+Why every tier but the last may be an ANP: ANPs are first-match across priorities with
+Allow/Deny/Pass, which is exactly Septum's walk through tiers when each tier's default deny is
+a trailing Deny-all ANP for the subjects of that tier's policies. NetworkPolicy can only be
+the last layer before the repository default, so only the last tier goes there, and only when
+it is allow-only with a deny default (an allow-only tier with a pass default is the same when
+the repository default is deny).
+
+What Kubernetes cannot say is reported as a :class:`~septum.render.manifests.Limitation`
+(never dropped in silence): ANP ingress has no CIDR peers (v1alpha1), so sources outside the
+cluster can only be allowed or denied by NetworkPolicy; ipBlocks never select pods, so a CIDR
+peer that also matches managed workloads (``cidrMatchesWorkloads``) is rendered with pod peers
+for the workloads holding addresses in it at ``at``; icmp has no port form; log rules, staged
+policies and rule expiry have no Kubernetes form; modes other than enforced are rendered by
+keeping the workloads out of the subjects that would enforce a deny.
+
+Pure: no I/O. Cost: O(resolve) + O(policies · rules · peers · DNF terms + namespaces).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import Any
+
+from septum.engine.resolve import ResolvedPolicyRules, ResolvedTier, minimal_ranges, resolve_policy
+from septum.model.resources import (
+    ALL_PORTS,
+    NAME_LABEL,
+    NAMESPACE_LABEL,
+    Action,
+    Direction,
+    IPAddress,
+    IPNetwork,
+    Mode,
+    Peer,
+    PeerKind,
+    Repository,
+    RepositoryDefault,
+    Rule,
+    ServicePort,
+    TierDefault,
+    Workload,
+)
+from septum.model.selector import Selector
+from septum.render.labelselector import (
+    DEFAULT_MAX_TERMS,
+    NAMESPACE_LABEL_PREFIX,
+    NAMESPACE_NAME_LABEL,
+    Bias,
+    LabelSelector,
+    Operator,
+    Requirement,
+    ScopedSelector,
+    SelectorTranslation,
+    label_key_problem,
+    label_value_problem,
+    translate_selector,
+)
+from septum.render.manifests import Approximation, Limitation, Manifest, Rendering
+
+__all__ = [
+    "ANP_API_VERSION",
+    "ANP_MAX_PRIORITY",
+    "KubernetesRenderSettings",
+    "render_kubernetes",
+]
+
+ANP_API_VERSION = "policy.networking.k8s.io/v1alpha1"
+NP_API_VERSION = "networking.k8s.io/v1"
+ANP_MAX_PRIORITY = 1000
+ANP_MAX_RULES = 100  # per direction
+ANP_MAX_PEERS = 100  # per rule
+ANP_MAX_NETWORKS = 25  # per networks peer
+WORKLOAD_ANNOTATION = "septum.io/workload"
+EVERY_V4 = IPv4Network("0.0.0.0/0")
+EVERY_V6 = IPv6Network("::/0")
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesRenderSettings:
+    """Options of :func:`render_kubernetes` (all have the documented defaults).
+
+    ``include_inventory``: also render a Namespace per namespace and a Pod per workload.
+    ``default_namespace``: where a workload without namespace lives.
+    ``anp_priority_base``: the first ANP priority used (ANP priorities are 0..1000).
+    ``use_network_policies``: render the last allow-only tier as NetworkPolicies (else ANPs).
+    ``default_deny_external_ingress``: with the repository default deny, also emit a
+    default-deny-ingress NetworkPolicy per namespace (BANP cannot deny sources outside the
+    cluster). ``closed_world_patterns``: rewrite ``starts with``/``ends with``/``contains``
+    over the label values of the inventory (exact for that inventory).
+    """
+
+    include_inventory: bool = False
+    default_namespace: str = "default"
+    name_prefix: str = "septum"
+    anp_priority_base: int = 0
+    use_network_policies: bool = True
+    default_deny_external_ingress: bool = True
+    closed_world_patterns: bool = True
+    max_selector_terms: int = DEFAULT_MAX_TERMS
+    pod_image: str = "registry.k8s.io/pause:3.9"
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+_NOT_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+def dns_label(text: str, max_len: int = 63) -> str:
+    """``text`` as a DNS-1123 label: lowercase, ``[a-z0-9-]``, alphanumeric at both ends,
+    at most ``max_len`` characters (a short hash keeps long or rewritten names unique)."""
+    lowered = _NOT_DNS.sub("-", text.lower().replace(".", "-").replace("_", "-")).strip("-")
+    if lowered == text and len(text) <= max_len:
+        return text
+    digest = f"{_crc(text):08x}"
+    head = lowered[: max_len - len(digest) - 1].strip("-")
+    return f"{head}-{digest}" if head else f"x-{digest}"
+
+
+def _crc(text: str) -> int:
+    value = 0
+    for ch in text.encode():  # FNV-1a, 32 bits: stable across runs (hash() is salted)
+        value = ((value ^ ch) * 16777619) & 0xFFFFFFFF
+    return value
+
+
+def rule_source(policy: str, direction: Direction, rule: Rule) -> str:
+    return f"policy/{policy}/{direction.value}/{rule.index}"
+
+
+def loss(action: Action, fewer_matches: bool) -> Approximation:
+    """How the traffic changes when a rule of ``action`` matches fewer (or more) flows than
+    written: fewer allows narrow, fewer denies widen. A pass moves flows to later tiers,
+    whose outcome may go either way: it is reported as widened."""
+    if action is Action.ALLOW:
+        return Approximation.NARROWED if fewer_matches else Approximation.WIDENED
+    if action is Action.DENY:
+        return Approximation.WIDENED if fewer_matches else Approximation.NARROWED
+    return Approximation.WIDENED
+
+
+def split_ports(
+    services: Sequence[ServicePort],
+) -> tuple[tuple[ServicePort, ...] | None, tuple[ServicePort, ...]]:
+    """(ports to render, or None for "every protocol and port"; ports without a Kubernetes
+    form: icmp/icmpv6, and a range of port 0 only)."""
+    if not services or any(s.protocol is None for s in services):
+        return None, ()
+    kept: list[ServicePort] = []
+    lost: list[ServicePort] = []
+    for s in sorted(set(services), key=_port_order):
+        if s.protocol is not None and s.protocol.has_ports and s.ports.last >= 1:
+            kept.append(s)
+        else:
+            lost.append(s)
+    return tuple(kept), tuple(lost)
+
+
+def _port_order(s: ServicePort) -> tuple[str, int, int]:
+    return (s.protocol.value if s.protocol else "", s.ports.first, s.ports.last)
+
+
+def port_bounds(s: ServicePort) -> tuple[int, int]:
+    """A port range without port 0 (no real destination port; Kubernetes starts at 1)."""
+    return max(1, s.ports.first), s.ports.last
+
+
+#: An address range with holes: ``(cidr, excepts)``, every except inside the cidr (ipBlock).
+Block = tuple[IPNetwork, tuple[IPNetwork, ...]]
+
+
+def blocks(cidrs: Iterable[IPNetwork], holes: Iterable[IPNetwork] = ()) -> list[Block]:
+    """``cidrs`` minus ``holes`` as ipBlock-like (cidr, excepts) pairs: a cidr inside a hole
+    disappears; holes inside a cidr become its excepts. O(cidrs · holes)."""
+    hs = list(holes)
+    out: list[Block] = []
+    for c in cidrs:
+        if any(c.version == h.version and c.subnet_of(h) for h in hs):  # type: ignore[arg-type]
+            continue
+        inside = sorted(
+            {h for h in hs if h.version == c.version and h.subnet_of(c)},  # type: ignore[arg-type]
+            key=_net_order,
+        )
+        out.append((c, tuple(inside)))
+    return out
+
+
+def expand(found: Iterable[Block]) -> list[IPNetwork]:
+    """Blocks as plain CIDRs (for targets without excepts): a minimal covering list."""
+    nets: list[IPNetwork] = []
+    for cidr, holes in found:
+        r = minimal_ranges((cidr,), holes)
+        nets.extend((*r.v4, *r.v6))
+    return sorted(set(nets), key=_net_order)
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPeers:
+    """What a rule's peers mean once translated: a union of pods and address ranges.
+
+    ``everything``: some peer matches every address (``all()``, or no peers at all).
+    ``pods``: (namespace, pod) selectors. ``ranges``: address ranges (never select pods).
+    ``notes``: (what, approximation, detail) for the caller to report against the rule.
+    """
+
+    everything: bool = False
+    pods: tuple[ScopedSelector, ...] = ()
+    ranges: tuple[Block, ...] = ()
+    notes: tuple[tuple[str, bool | None, str], ...] = ()  # (what, fewer_matches?, detail)
+
+    @property
+    def empty(self) -> bool:
+        return not self.everything and not self.pods and not self.ranges
+
+
+# ---------------------------------------------------------------------------- inventory facts
+
+
+@dataclass(slots=True)
+class Inventory:
+    """Facts about the repository's workloads that every Kubernetes-like target needs: their
+    namespaces, namespace labels, modes, addresses at ``at`` and known label values."""
+
+    repo: Repository
+    at: datetime
+    default_namespace: str
+    namespace_of: dict[str, str] = field(default_factory=dict)
+    namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    label_values: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    limitations: list[Limitation] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, repo: Repository, at: datetime, default_namespace: str) -> Inventory:
+        inv = cls(repo, at, default_namespace)
+        used_keys = {k for s in _all_selectors(repo) for k in s.keys}
+        namespaced_selectors = any(
+            k == NAMESPACE_LABEL or k.startswith(NAMESPACE_LABEL_PREFIX) for k in used_keys
+        )
+        for w in repo.workloads:
+            ns = w.namespace or w.labels.get(NAMESPACE_LABEL) or default_namespace
+            inv.namespace_of[w.name] = ns
+            if not (w.namespace or w.labels.get(NAMESPACE_LABEL)) and namespaced_selectors:
+                inv.limitations.append(
+                    Limitation(
+                        f"workload/{w.name}",
+                        "workload without namespace placed in a namespace",
+                        Approximation.WIDENED,
+                        f"rendered in namespace {ns!r}: selectors on namespace labels see it "
+                        "there, while Septum sees no namespace",
+                    )
+                )
+            for k, v in w.labels.items():
+                inv.label_values[k].add(v)
+        for ns in sorted(set(inv.namespace_of.values())):
+            inv.namespace_labels[ns] = {NAMESPACE_NAME_LABEL: ns}
+        for w in repo.workloads:  # namespace labels from the workloads' namespace.septum.io/*
+            ns = inv.namespace_of[w.name]
+            labels = inv.namespace_labels[ns]
+            for k, v in sorted(w.labels.items()):
+                if k.startswith(NAMESPACE_LABEL_PREFIX):
+                    key = k[len(NAMESPACE_LABEL_PREFIX) :]
+                    if key == NAMESPACE_NAME_LABEL and v != ns:
+                        inv._inconsistent(w, f"{k}={v!r} but the namespace is {ns!r}")
+                    elif key not in labels:
+                        labels[key] = v
+                    elif labels[key] != v:
+                        inv._inconsistent(w, f"{k}={v!r}, another workload says {labels[key]!r}")
+        for w in repo.workloads:  # every workload must see exactly its namespace's labels
+            ns = inv.namespace_of[w.name]
+            own = {
+                k[len(NAMESPACE_LABEL_PREFIX) :]: v
+                for k, v in w.labels.items()
+                if k.startswith(NAMESPACE_LABEL_PREFIX)
+            }
+            missing = sorted(
+                k
+                for k in inv.namespace_labels[ns]
+                if k not in own and NAMESPACE_LABEL_PREFIX + k in used_keys
+            )
+            if missing:
+                inv._inconsistent(
+                    w, f"lacks namespace labels {missing} that other workloads of {ns!r} carry"
+                )
+            for key, value in inv.namespace_labels[ns].items():
+                problem = label_key_problem(key) or label_value_problem(value)
+                if problem is not None:
+                    inv.limitations.append(
+                        Limitation(
+                            f"workload/{w.name}",
+                            f"namespace label {key}={value!r} is not a valid Kubernetes label",
+                            Approximation.DROPPED,
+                            problem,
+                        )
+                    )
+        return inv
+
+    def _inconsistent(self, w: Workload, detail: str) -> None:
+        self.limitations.append(
+            Limitation(
+                f"workload/{w.name}",
+                "namespace labels differ from its namespace's",
+                Approximation.WIDENED,
+                detail + ": selectors on namespace.septum.io/* match its namespace's labels",
+            )
+        )
+
+    def known_values(self, key: str) -> Iterable[str]:
+        return self.label_values.get(key, ())
+
+    def addresses(self, w: Workload) -> list[IPAddress]:
+        """The workload's addresses valid at ``at``, in written order."""
+        return [b.address for b in w.addresses if b.valid_at(self.at)]
+
+    def holders(self, cidrs: Iterable[IPNetwork]) -> list[str]:
+        """Names of the workloads holding an address in one of ``cidrs`` at ``at``."""
+        nets = tuple(cidrs)
+        return sorted(
+            w.name
+            for w in self.repo.workloads
+            if any(a in c for a in self.addresses(w) for c in nets)
+        )
+
+    def user_addresses(self) -> list[IPNetwork]:
+        return [
+            IPv4Network(b.address) if isinstance(b.address, IPv4Address) else IPv6Network(b.address)
+            for u in self.repo.users
+            for b in u.sessions
+            if b.valid_at(self.at)
+        ]
+
+    def network_ranges(self, name: str) -> list[Block]:
+        """A network's addresses that can be attributed to it: its ranges minus excepts minus
+        user sessions at ``at`` (workload addresses are pods, which ranges never select)."""
+        net = next((n for n in self.repo.networks if n.name == name), None)
+        if net is None:
+            return []
+        return blocks(net.cidrs, [*net.excepts, *self.user_addresses()])
+
+    def pods_by_name(self, names: Iterable[str]) -> tuple[ScopedSelector, ...]:
+        """Pod peers selecting exactly the named workloads (by ``septum.io/name``)."""
+        per_ns: dict[str, list[str]] = defaultdict(list)
+        for name in names:
+            per_ns[self.namespace_of[name]].append(name)
+        return tuple(
+            ScopedSelector(
+                LabelSelector(((NAMESPACE_NAME_LABEL, ns),)),
+                LabelSelector(
+                    (),
+                    (Requirement(NAME_LABEL, Operator.IN, tuple(sorted(per_ns[ns]))),),
+                ),
+            )
+            for ns in sorted(per_ns)
+        )
+
+
+def _net_order(n: IPNetwork) -> tuple[int, int, int]:
+    return (n.version, int(n.network_address), n.prefixlen)
+
+
+def _all_selectors(repo: Repository) -> Iterable[Selector]:
+    for p in repo.policies:
+        yield p.applies_to
+        for rules in (p.ingress, p.egress):
+            for r in rules or ():
+                for peer in r.peers:
+                    if peer.selector is not None and peer.kind is not PeerKind.USERS:
+                        yield peer.selector
+
+
+def translate_peers(
+    inv: Inventory,
+    peers: Sequence[Peer],
+    translate: Callable[[Selector, Bias], SelectorTranslation],
+    bias: Bias,
+    *,
+    cidr_matches_workloads: bool,
+) -> AddressPeers:
+    """Translate a rule's peers (a union) for Kubernetes-like targets. O(peers · workloads)."""
+    if not peers:
+        return AddressPeers(everything=True)
+    everything = False
+    pods: list[ScopedSelector] = []
+    ranges: list[Block] = []
+    notes: list[tuple[str, bool | None, str]] = []
+    for peer in peers:
+        if peer.kind in (PeerKind.SELECTOR, PeerKind.SEGMENT):
+            assert peer.selector is not None
+            if peer.selector.is_all:
+                everything = True
+                continue
+            t = translate(peer.selector, bias)
+            pods.extend(t.terms)
+            if not t.exact:
+                notes.append(
+                    (
+                        f"selector {peer} not exactly expressible",
+                        bias is Bias.SUBSET,
+                        "; ".join(t.problems),
+                    )
+                )
+            if t.closed_world:
+                notes.append(
+                    (
+                        f"selector {peer} rewritten over the inventory's label values",
+                        None,
+                        "exact for the current inventory; re-render when labels change",
+                    )
+                )
+            for n in inv.repo.networks:
+                if peer.selector.matches(n.labels):
+                    ranges.extend(inv.network_ranges(n.name))
+        elif peer.kind is PeerKind.NETWORK:
+            assert peer.ref is not None
+            ranges.extend(inv.network_ranges(peer.ref))
+        elif peer.kind is PeerKind.CIDR:
+            assert peer.cidr is not None
+            ranges.append((peer.cidr, ()))
+            if cidr_matches_workloads:
+                holders = inv.holders((peer.cidr,))
+                if holders:
+                    bad = [n for n in holders if label_value_problem(n)]
+                    pods.extend(inv.pods_by_name(n for n in holders if n not in bad))
+                    notes.append(
+                        (
+                            f"cidr {peer.cidr} also matches managed workloads",
+                            None,
+                            f"ipBlocks never select pods: rendered as pod peers for {holders} "
+                            "(their addresses at the render time)",
+                        )
+                    )
+                    if bad:
+                        notes.append(
+                            (
+                                f"cidr {peer.cidr}: workloads {bad} cannot be named",
+                                True,
+                                "their names are not valid label values",
+                            )
+                        )
+        else:  # USERS
+            assert peer.selector is not None
+            held = [
+                IPv4Network(b.address)
+                if isinstance(b.address, IPv4Address)
+                else IPv6Network(b.address)
+                for u in inv.repo.users
+                if peer.selector.matches(u.labels)
+                for b in u.sessions
+                if b.valid_at(inv.at)
+            ]
+            ranges.extend((h, ()) for h in held)
+            notes.append(
+                (
+                    f"users peer {peer}",
+                    None,
+                    "rendered as the addresses its users' sessions hold at the render time; "
+                    "re-render when sessions change",
+                )
+            )
+    return AddressPeers(
+        everything,
+        tuple(dict.fromkeys(pods)),
+        tuple(sorted(set(ranges), key=lambda b: (_net_order(b[0]), b[1]))),
+        tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------------------- the renderer
+
+
+class _KubernetesRenderer:
+    """One rendering: collects manifests and limitations. Not reused across calls."""
+
+    def __init__(self, repo: Repository, at: datetime, settings: KubernetesRenderSettings) -> None:
+        self.repo = repo
+        self.at = at
+        self.s = settings
+        self.inv = Inventory.of(repo, at, settings.default_namespace)
+        self.limits: list[Limitation] = list(self.inv.limitations)
+        self.anps: list[Manifest] = []
+        self.nps: list[Manifest] = []
+        self.banp: list[Manifest] = []
+        self.priority = settings.anp_priority_base
+        self.names: set[str] = set()
+        self._translations: dict[tuple[str, Bias], SelectorTranslation] = {}
+        modes = {w.name: w.mode for w in repo.workloads}
+        # Not subject to any rule: idle (unmanaged), visibility and test (never enforced).
+        self.unenforced = sorted(
+            n for n, m in modes.items() if m in (Mode.IDLE, Mode.VISIBILITY, Mode.TEST)
+        )
+        self.selective = sorted(n for n, m in modes.items() if m is Mode.SELECTIVE)
+        for w in repo.workloads:
+            if w.mode in (Mode.VISIBILITY, Mode.TEST):
+                self.limits.append(
+                    Limitation(
+                        f"workload/{w.name}",
+                        f"mode {w.mode.value}: would-be denies are not reported",
+                        Approximation.REWRITTEN,
+                        "left out of every policy subject, so nothing is enforced for it "
+                        "(Kubernetes has no audit mode)",
+                    )
+                )
+        unnameable = [n for n in (*self.unenforced, *self.selective) if label_value_problem(n)]
+        for n in unnameable:
+            self.limits.append(
+                Limitation(
+                    f"workload/{n}",
+                    f"mode {modes[n].value} not rendered",
+                    Approximation.NARROWED,
+                    "its name is not a valid label value, so subjects cannot leave it out",
+                )
+            )
+        self.unenforced = [n for n in self.unenforced if n not in unnameable]
+        self.selective = [n for n in self.selective if n not in unnameable]
+
+    # -------------------------------------------------------------- selectors and peers
+
+    def translate(self, selector: Selector, bias: Bias) -> SelectorTranslation:
+        key = (selector.text, bias)
+        found = self._translations.get(key)
+        if found is None:
+            found = self._translations[key] = translate_selector(
+                selector,
+                bias=bias,
+                known_values=self.inv.known_values if self.s.closed_world_patterns else None,
+                max_terms=self.s.max_selector_terms,
+            )
+        return found
+
+    def subjects(self, source: str, selector: Selector) -> tuple[ScopedSelector, ...]:
+        t = self.translate(selector, Bias.SUPERSET)
+        if not t.exact:
+            self.limits.append(
+                Limitation(
+                    source,
+                    f"appliesTo {selector.text!r} not exactly expressible",
+                    Approximation.WIDENED,
+                    "rendered for a superset of its workloads: " + "; ".join(t.problems),
+                )
+            )
+        if t.closed_world:
+            self.limits.append(
+                Limitation(
+                    source,
+                    f"appliesTo {selector.text!r} rewritten over the inventory's label values",
+                    Approximation.REWRITTEN,
+                    "exact for the current inventory; re-render when labels change",
+                )
+            )
+        return t.terms
+
+    @staticmethod
+    def excluding(term: ScopedSelector, names: Sequence[str]) -> ScopedSelector:
+        if not names:
+            return term
+        return ScopedSelector(
+            term.namespaces,
+            term.pods.with_requirements(
+                (Requirement(NAME_LABEL, Operator.NOT_IN, tuple(sorted(names))),)
+            ),
+        )
+
+    @staticmethod
+    def only(term: ScopedSelector, names: Sequence[str]) -> ScopedSelector:
+        return ScopedSelector(
+            term.namespaces,
+            term.pods.with_requirements(
+                (Requirement(NAME_LABEL, Operator.IN, tuple(sorted(names))),)
+            ),
+        )
+
+    def peers(self, source: str, rule: Rule, bias: Bias) -> AddressPeers:
+        found = translate_peers(
+            self.inv,
+            rule.peers,
+            self.translate,
+            bias,
+            cidr_matches_workloads=self.repo.settings.cidr_matches_workloads,
+        )
+        for what, fewer, detail in found.notes:
+            approx = Approximation.REWRITTEN if fewer is None else loss(rule.action, fewer)
+            self.limits.append(Limitation(source, what, approx, detail))
+        return found
+
+    def ports_of(self, source: str, rule: Rule) -> tuple[ServicePort, ...] | bool | None:
+        """Rendered ports; None = every port; False = nothing left (skip the rule)."""
+        kept, lost = split_ports(rule.services)
+        if lost:
+            self.limits.append(
+                Limitation(
+                    source,
+                    f"services {[str(s) for s in lost]} have no Kubernetes port form",
+                    loss(rule.action, True),
+                    "left out of the rule (Kubernetes policies match TCP, UDP and SCTP ports)",
+                )
+            )
+        if kept is not None and not kept:
+            return False
+        return kept
+
+    def note_rule(self, source: str, rule: Rule) -> None:
+        if rule.expires is not None:
+            self.limits.append(
+                Limitation(
+                    source,
+                    f"rule expires at {rule.expires.isoformat()}",
+                    Approximation.REWRITTEN,
+                    "Kubernetes has no expiry: exact until then; re-render after it",
+                )
+            )
+
+    # -------------------------------------------------------------- ANP
+
+    def anp_ports(self, ports: tuple[ServicePort, ...]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for s in ports:
+            assert s.protocol is not None
+            proto = s.protocol.value.upper()
+            first, last = port_bounds(s)
+            if first == last:
+                out.append({"portNumber": {"protocol": proto, "port": first}})
+            else:
+                out.append({"portRange": {"protocol": proto, "start": first, "end": last}})
+        return out
+
+    @staticmethod
+    def anp_pod_peer(term: ScopedSelector) -> dict[str, Any]:
+        if term.pods.empty:
+            return {"namespaces": term.namespaces.to_manifest()}
+        return {
+            "pods": {
+                "namespaceSelector": term.namespaces.to_manifest(),
+                "podSelector": term.pods.to_manifest(),
+            }
+        }
+
+    def anp_peers(
+        self, source: str, direction: Direction, action: Action, found: AddressPeers
+    ) -> list[dict[str, Any]]:
+        peers: list[dict[str, Any]] = []
+        if found.everything:
+            peers.append({"namespaces": {}})
+            ranges: list[IPNetwork] = [EVERY_V4, EVERY_V6]
+        else:
+            peers.extend(self.anp_pod_peer(t) for t in found.pods)
+            ranges = expand(found.ranges)
+        if ranges and direction is Direction.EGRESS:
+            texts = [str(r) for r in ranges]
+            for i in range(0, len(texts), ANP_MAX_NETWORKS):
+                peers.append({"networks": texts[i : i + ANP_MAX_NETWORKS]})
+        elif ranges:
+            what = (
+                "sources outside the cluster"
+                if found.everything
+                else f"address ranges {[str(r) for r in ranges][:8]}"
+            )
+            self.limits.append(
+                Limitation(
+                    source,
+                    f"{what} cannot be matched by an AdminNetworkPolicy ingress rule",
+                    loss(action, True),
+                    "ANP v1alpha1 ingress peers are namespaces and pods only",
+                )
+            )
+        return peers
+
+    def anp_rule(
+        self, policy: str, direction: Direction, rule: Rule, bias: Bias
+    ) -> list[dict[str, Any]]:
+        source = rule_source(policy, direction, rule)
+        self.note_rule(source, rule)
+        if rule.action is Action.LOG:
+            self.limits.append(
+                Limitation(
+                    source,
+                    "log rule",
+                    Approximation.REWRITTEN,
+                    "Kubernetes policies cannot log; the rule never decides, so it is left out",
+                )
+            )
+            return []
+        ports = self.ports_of(source, rule)
+        if ports is False:
+            return []
+        found = self.peers(source, rule, bias)
+        peers = self.anp_peers(source, direction, rule.action, found)
+        if not peers:
+            return []
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(peers), ANP_MAX_PEERS):
+            entry: dict[str, Any] = {
+                "name": f"{policy}/{direction.value}/{rule.index}"[:100],
+                "action": rule.action.value.capitalize(),
+                "from" if direction is Direction.INGRESS else "to": peers[i : i + ANP_MAX_PEERS],
+            }
+            if ports:
+                assert isinstance(ports, tuple)
+                entry["ports"] = self.anp_ports(ports)
+            out.append(entry)
+        return out
+
+    def unique_name(self, base: str) -> str:
+        name = dns_label(base, 253)
+        candidate, n = name, 1
+        while candidate in self.names:
+            n += 1
+            candidate = dns_label(f"{base}-{n}", 253)
+        self.names.add(candidate)
+        return candidate
+
+    def emit_anp(
+        self,
+        base: str,
+        subject: ScopedSelector,
+        ingress: list[dict[str, Any]],
+        egress: list[dict[str, Any]],
+        source: str,
+    ) -> None:
+        spec: dict[str, Any] = {"priority": self.priority, "subject": _subject(subject)}
+        if ingress:
+            spec["ingress"] = ingress
+        if egress:
+            spec["egress"] = egress
+        if self.priority > ANP_MAX_PRIORITY:
+            self.limits.append(
+                Limitation(
+                    source,
+                    f"ANP priority {self.priority} is above {ANP_MAX_PRIORITY}",
+                    Approximation.DROPPED,
+                    "too many ANPs for the priority range; the API server rejects this one",
+                )
+            )
+        self.anps.append(
+            {
+                "apiVersion": ANP_API_VERSION,
+                "kind": "AdminNetworkPolicy",
+                "metadata": {
+                    "name": self.unique_name(base),
+                    "annotations": {"septum.io/source": source},
+                },
+                "spec": spec,
+            }
+        )
+        self.priority += 1
+
+    def anp_policy(self, rp: ResolvedPolicyRules) -> None:
+        p = rp.policy
+        source = f"policy/{p.name}"
+        rendered: dict[Direction, list[dict[str, Any]]] = {}
+        for d in Direction:
+            rules: list[dict[str, Any]] = []
+            for rule in rp.rules(d) or ():
+                bias = Bias.SUPERSET if rule.action is Action.DENY else Bias.SUBSET
+                rules.extend(self.anp_rule(p.name, d, rule, bias))
+            rendered[d] = rules
+        if not rendered[Direction.INGRESS] and not rendered[Direction.EGRESS]:
+            return
+        chunks = max((len(rendered[d]) + ANP_MAX_RULES - 1) // ANP_MAX_RULES for d in Direction)
+        terms = self.subjects(source, p.applies_to)
+        for ti, term in enumerate(terms):
+            for c in range(chunks):
+                suffix = (f"-{ti}" if len(terms) > 1 else "") + (f"-part{c}" if chunks > 1 else "")
+                self.emit_anp(
+                    f"{self.s.name_prefix}-{p.tier}-{p.name}{suffix}",
+                    self.excluding(term, self.unenforced),
+                    rendered[Direction.INGRESS][c * ANP_MAX_RULES : (c + 1) * ANP_MAX_RULES],
+                    rendered[Direction.EGRESS][c * ANP_MAX_RULES : (c + 1) * ANP_MAX_RULES],
+                    source,
+                )
+        if chunks > 1:
+            self.limits.append(
+                Limitation(
+                    source,
+                    f"more than {ANP_MAX_RULES} rules in a direction",
+                    Approximation.REWRITTEN,
+                    f"split over {chunks} ANPs of consecutive priorities (same first match)",
+                )
+            )
+
+    def deny_all(self, d: Direction, action: str, name: str) -> dict[str, Any]:
+        if d is Direction.INGRESS:
+            return {"name": name, "action": action, "from": [{"namespaces": {}}]}
+        return {
+            "name": name,
+            "action": action,
+            "to": [{"namespaces": {}}, {"networks": [str(EVERY_V4), str(EVERY_V6)]}],
+        }
+
+    def anp_tier_default(self, rt: ResolvedTier, policies: Sequence[ResolvedPolicyRules]) -> None:
+        """A deny-default tier: per policy, Deny everything for its subjects in the directions
+        it has rules for; selective workloads get Allow instead (a default deny is not
+        enforced on them, and it ends the evaluation)."""
+        t = rt.tier
+        ingress_covered = False
+        for rp in policies:
+            dirs = [d for d in Direction if rp.rules(d) is not None]
+            if not dirs:
+                continue
+            ingress_covered = ingress_covered or Direction.INGRESS in dirs
+            source = f"tier/{t.name}"
+            terms = self.subjects(f"policy/{rp.name}", rp.policy.applies_to)
+            selective = [
+                w.name
+                for w in self.repo.workloads
+                if w.name in self.selective and rp.policy.applies_to.matches(w.labels)
+            ]
+            for ti, term in enumerate(terms):
+                suffix = f"-{ti}" if len(terms) > 1 else ""
+                rule_name = f"{t.name}/default-deny"
+                self.emit_anp(
+                    f"{self.s.name_prefix}-{t.name}-{rp.name}-default{suffix}",
+                    self.excluding(term, [*self.unenforced, *self.selective]),
+                    [self.deny_all(d, "Deny", rule_name) for d in dirs if d is Direction.INGRESS],
+                    [self.deny_all(d, "Deny", rule_name) for d in dirs if d is Direction.EGRESS],
+                    source,
+                )
+                if selective:
+                    rule_name = f"{t.name}/default-deny-not-enforced"
+                    self.emit_anp(
+                        f"{self.s.name_prefix}-{t.name}-{rp.name}-default-selective{suffix}",
+                        self.only(term, selective),
+                        [
+                            self.deny_all(d, "Allow", rule_name)
+                            for d in dirs
+                            if d is Direction.INGRESS
+                        ],
+                        [
+                            self.deny_all(d, "Allow", rule_name)
+                            for d in dirs
+                            if d is Direction.EGRESS
+                        ],
+                        source,
+                    )
+        if ingress_covered:
+            self.limits.append(
+                Limitation(
+                    f"tier/{t.name}",
+                    "tier default deny does not cover ingress from outside the cluster",
+                    Approximation.WIDENED,
+                    "ANP ingress rules match pods only; such flows go on to NetworkPolicies",
+                )
+            )
+
+    def failsafe(self) -> None:
+        entries = self.repo.settings.failsafe
+        if not entries:
+            return
+        rendered: dict[Direction, list[dict[str, Any]]] = {d: [] for d in Direction}
+        for i, e in enumerate(entries):
+            source = f"settings/failsafe/{i}"
+            kept, lost = split_ports(e.services)
+            if lost:
+                self.limits.append(
+                    Limitation(
+                        source,
+                        f"failsafe services {[str(s) for s in lost]} have no Kubernetes form",
+                        Approximation.NARROWED,
+                        "left out",
+                    )
+                )
+            if kept is not None and not kept:
+                continue
+            peers: AddressPeers
+            if not e.cidrs:
+                peers = AddressPeers(everything=True)
+            else:
+                bad = [n for n in self.inv.holders(e.cidrs) if label_value_problem(n)]
+                peers = AddressPeers(
+                    pods=self.inv.pods_by_name(
+                        n for n in self.inv.holders(e.cidrs) if n not in bad
+                    ),
+                    ranges=tuple((c, ()) for c in e.cidrs),
+                )
+            for d in Direction:
+                if e.direction is not None and e.direction is not d:
+                    continue
+                out = self.anp_peers(source, d, Action.ALLOW, peers)
+                if not out:
+                    continue
+                entry: dict[str, Any] = {
+                    "name": f"failsafe/{i}",
+                    "action": "Allow",
+                    "from" if d is Direction.INGRESS else "to": out,
+                }
+                if kept:
+                    entry["ports"] = self.anp_ports(kept)
+                rendered[d].append(entry)
+        if rendered[Direction.INGRESS] or rendered[Direction.EGRESS]:
+            self.emit_anp(
+                f"{self.s.name_prefix}-failsafe",
+                ScopedSelector(),
+                rendered[Direction.INGRESS],
+                rendered[Direction.EGRESS],
+                "settings",
+            )
+
+    # -------------------------------------------------------------- NetworkPolicy
+
+    def np_ports(self, ports: tuple[ServicePort, ...]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for s in ports:
+            assert s.protocol is not None
+            entry: dict[str, Any] = {"protocol": s.protocol.value.upper()}
+            if s.ports != ALL_PORTS:
+                first, last = port_bounds(s)
+                entry["port"] = first
+                if last > first:
+                    entry["endPort"] = last
+            out.append(entry)
+        return out
+
+    def np_rule(self, policy: str, direction: Direction, rule: Rule) -> dict[str, Any] | None:
+        source = rule_source(policy, direction, rule)
+        self.note_rule(source, rule)
+        if rule.action is Action.LOG:
+            self.limits.append(
+                Limitation(source, "log rule", Approximation.REWRITTEN, "left out (no logging)")
+            )
+            return None
+        ports = self.ports_of(source, rule)
+        if ports is False:
+            return None
+        found = self.peers(source, rule, Bias.SUBSET)
+        entry: dict[str, Any] = {}
+        if not found.everything:
+            if found.empty:
+                return None
+            peers: list[dict[str, Any]] = [
+                {
+                    "namespaceSelector": t.namespaces.to_manifest(),
+                    "podSelector": t.pods.to_manifest(),
+                }
+                for t in found.pods
+            ]
+            peers.extend(_ip_block(c, holes) for c, holes in found.ranges)
+            entry["from" if direction is Direction.INGRESS else "to"] = peers
+        if ports:
+            assert isinstance(ports, tuple)
+            entry["ports"] = self.np_ports(ports)
+        return entry
+
+    def np_tier(self, rt: ResolvedTier, policies: Sequence[ResolvedPolicyRules]) -> None:
+        for rp in policies:
+            p = rp.policy
+            source = f"policy/{p.name}"
+            types = [d for d in Direction if rp.rules(d) is not None]
+            if not types:
+                continue
+            rules: dict[Direction, list[dict[str, Any]]] = {}
+            for d in types:
+                rendered = (self.np_rule(p.name, d, rule) for rule in rp.rules(d) or ())
+                rules[d] = [r for r in rendered if r is not None]
+            terms = self.subjects(source, p.applies_to)
+            for ti, term in enumerate(terms):
+                for ns, ns_labels in sorted(self.inv.namespace_labels.items()):
+                    if not term.namespaces.matches(ns_labels):
+                        continue
+                    pod_selector = term.pods.with_requirements(
+                        _not_in(NAME_LABEL, [*self.unenforced, *self.selective])
+                    )
+                    spec: dict[str, Any] = {
+                        "podSelector": pod_selector.to_manifest(),
+                        "policyTypes": [d.value.capitalize() for d in types],
+                    }
+                    for d in types:
+                        if rules[d]:
+                            spec[d.value] = rules[d]
+                    suffix = f"-{ti}" if len(terms) > 1 else ""
+                    self.nps.append(
+                        {
+                            "apiVersion": NP_API_VERSION,
+                            "kind": "NetworkPolicy",
+                            "metadata": {
+                                "name": dns_label(f"{self.s.name_prefix}-{p.name}{suffix}", 253),
+                                "namespace": ns,
+                                "annotations": {"septum.io/source": source},
+                            },
+                            "spec": spec,
+                        }
+                    )
+
+    # -------------------------------------------------------------- repository default
+
+    def repository_default(self) -> None:
+        if self.repo.settings.default_action is RepositoryDefault.ALLOW:
+            return
+        exclude = [*self.unenforced, *self.selective]
+        subject = ScopedSelector(
+            LabelSelector(), LabelSelector().with_requirements(_not_in(NAME_LABEL, exclude))
+        )
+        self.banp.append(
+            {
+                "apiVersion": ANP_API_VERSION,
+                "kind": "BaselineAdminNetworkPolicy",
+                "metadata": {"name": "default", "annotations": {"septum.io/source": "settings"}},
+                "spec": {
+                    "subject": _subject(subject),
+                    "ingress": [self.deny_all(Direction.INGRESS, "Deny", "default-deny")],
+                    "egress": [self.deny_all(Direction.EGRESS, "Deny", "default-deny")],
+                },
+            }
+        )
+        if not self.s.default_deny_external_ingress:
+            self.limits.append(
+                Limitation(
+                    "settings",
+                    "repository default deny does not cover ingress from outside the cluster",
+                    Approximation.WIDENED,
+                    "BaselineAdminNetworkPolicy ingress peers are pods only",
+                )
+            )
+            return
+        for ns in sorted(self.inv.namespace_labels):
+            self.nps.append(
+                {
+                    "apiVersion": NP_API_VERSION,
+                    "kind": "NetworkPolicy",
+                    "metadata": {
+                        "name": f"{self.s.name_prefix}-default-deny-ingress",
+                        "namespace": ns,
+                        "annotations": {"septum.io/source": "settings"},
+                    },
+                    "spec": {
+                        "podSelector": subject.pods.to_manifest(),
+                        "policyTypes": ["Ingress"],
+                    },
+                }
+            )
+
+    # -------------------------------------------------------------- inventory
+
+    def inventory(self) -> list[Manifest]:
+        out: list[Manifest] = []
+        for ns, ns_labels in sorted(self.inv.namespace_labels.items()):
+            valid = {
+                k: v
+                for k, v in sorted(ns_labels.items())
+                if not (label_key_problem(k) or label_value_problem(v))
+            }
+            out.append(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": valid}}
+            )
+        pods: list[Manifest] = []
+        used: set[tuple[str, str]] = set()
+        for w in self.repo.workloads:
+            ns = self.inv.namespace_of[w.name]
+            name = dns_label(w.name, 253)
+            while (ns, name) in used:
+                name = dns_label(f"{name}-x", 253)
+            used.add((ns, name))
+            labels: dict[str, str] = {}
+            for k, v in sorted(w.labels.items()):
+                if k.startswith(NAMESPACE_LABEL_PREFIX):
+                    continue  # the namespace's labels (see Inventory.of)
+                problem = label_key_problem(k) or label_value_problem(v)
+                if problem is not None:
+                    self.limits.append(
+                        Limitation(
+                            f"workload/{w.name}",
+                            f"label {k}={v!r} cannot be a Kubernetes label",
+                            Approximation.DROPPED,
+                            problem,
+                        )
+                    )
+                    continue
+                labels[k] = v
+            addresses = self.inv.addresses(w)
+            v4 = [a for a in addresses if a.version == 4]
+            v6 = [a for a in addresses if a.version == 6]
+            if len(v4) > 1 or len(v6) > 1:
+                self.limits.append(
+                    Limitation(
+                        f"workload/{w.name}",
+                        "more than one address per IP family",
+                        Approximation.DROPPED,
+                        "a Pod has at most one IPv4 and one IPv6 address; the first are kept",
+                    )
+                )
+            ips = [str(a) for a in (*v4[:1], *v6[:1])]
+            if any(b.valid_from or b.valid_until for b in w.addresses):
+                self.limits.append(
+                    Limitation(
+                        f"workload/{w.name}",
+                        "addresses with validity times",
+                        Approximation.REWRITTEN,
+                        "the Pod holds the addresses valid at the render time",
+                    )
+                )
+            pod: Manifest = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "labels": labels,
+                    "annotations": {WORKLOAD_ANNOTATION: w.name},
+                },
+                "spec": {"containers": [{"name": "workload", "image": self.s.pod_image}]},
+            }
+            if ips:
+                pod["status"] = {"podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]}
+            pods.append(pod)
+        pods.sort(key=lambda m: (m["metadata"]["namespace"], m["metadata"]["name"]))
+        return out + pods
+
+    # -------------------------------------------------------------- driver
+
+    def render(self) -> Rendering:
+        resolved = resolve_policy(self.repo, self.at)
+        live: list[tuple[ResolvedTier, list[ResolvedPolicyRules]]] = []
+        for rt in resolved.tiers:
+            kept: list[ResolvedPolicyRules] = []
+            for rp in rt.policies:
+                if rp.staged:
+                    self.limits.append(
+                        Limitation(
+                            f"policy/{rp.name}",
+                            "staged policy",
+                            Approximation.REWRITTEN,
+                            "not rendered: staged policies are never enforced",
+                        )
+                    )
+                else:
+                    kept.append(rp)
+            if any(rp.ingress is not None or rp.egress is not None for rp in kept):
+                live.append((rt, kept))
+        np_tier = self.network_policy_tier(live)
+        self.failsafe()
+        for rt, policies in live:
+            if rt is np_tier:
+                continue
+            for rp in policies:
+                self.anp_policy(rp)
+            if rt.tier.default_action is TierDefault.DENY:
+                self.anp_tier_default(rt, policies)
+        if np_tier is not None:
+            self.np_tier(np_tier, next(ps for rt, ps in live if rt is np_tier))
+        self.repository_default()
+        manifests: list[Manifest] = []
+        if self.s.include_inventory:
+            manifests.extend(self.inventory())
+        manifests.extend(self.banp)
+        manifests.extend(sorted(self.anps, key=lambda m: int(m["spec"]["priority"])))
+        manifests.extend(
+            sorted(self.nps, key=lambda m: (m["metadata"]["namespace"], m["metadata"]["name"]))
+        )
+        limits = sorted(dict.fromkeys(self.limits), key=lambda x: (x.source, x.what, x.detail))
+        return Rendering("kubernetes", tuple(manifests), tuple(limits))
+
+    def network_policy_tier(
+        self, live: Sequence[tuple[ResolvedTier, Sequence[ResolvedPolicyRules]]]
+    ) -> ResolvedTier | None:
+        """The last tier, when it can be the NetworkPolicy layer: only allow (and log) rules,
+        and a deny default (or pass, when the repository default is deny)."""
+        if not live or not self.s.use_network_policies:
+            return None
+        rt, policies = live[-1]
+        allow_only = all(
+            r.action in (Action.ALLOW, Action.LOG)
+            for rp in policies
+            for d in Direction
+            for r in rp.rules(d) or ()
+        )
+        denies = rt.tier.default_action is TierDefault.DENY or (
+            self.repo.settings.default_action is RepositoryDefault.DENY
+        )
+        return rt if allow_only and denies else None
+
+
+def _ip_block(cidr: IPNetwork, holes: tuple[IPNetwork, ...]) -> dict[str, Any]:
+    block: dict[str, Any] = {"cidr": str(cidr)}
+    if holes:
+        block["except"] = [str(h) for h in holes]
+    return {"ipBlock": block}
+
+
+def _not_in(key: str, names: Sequence[str]) -> tuple[Requirement, ...]:
+    return (Requirement(key, Operator.NOT_IN, tuple(sorted(names))),) if names else ()
+
+
+def _subject(term: ScopedSelector) -> dict[str, Any]:
+    if term.pods.empty:
+        return {"namespaces": term.namespaces.to_manifest()}
+    return {
+        "pods": {
+            "namespaceSelector": term.namespaces.to_manifest(),
+            "podSelector": term.pods.to_manifest(),
+        }
+    }
+
+
+def render_kubernetes(
+    repo: Repository, at: datetime, settings: KubernetesRenderSettings | None = None
+) -> Rendering:
+    """Render ``repo`` at time ``at`` as Kubernetes manifests, in apply order (Namespaces,
+    Pods, BaselineAdminNetworkPolicy, AdminNetworkPolicies by priority, NetworkPolicies by
+    namespace and name), with every limitation met. Pure and deterministic; see the module
+    docstring for the mapping and its cost."""
+    return _KubernetesRenderer(repo, at, settings or KubernetesRenderSettings()).render()
