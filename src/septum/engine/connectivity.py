@@ -268,7 +268,7 @@ def analyze_connectivity(
                         edges.extend((sk, tk, both) for tk in tks)
 
     universe = {v: port_sets.sets[egress.universe(v)] for v in opts.versions}
-    names = _display_names(repo)
+    names = _display_names(repo, at, opts.versions)
     connections = _expand(edges, classes, source_supers, target_supers, port_sets, universe,
                           names)
     return Connectivity(
@@ -280,13 +280,15 @@ def analyze_connectivity(
     )
 
 
-def _display_names(repo: Repository) -> dict[tuple[str, str], str]:
+def _display_names(repo: Repository, at: datetime, versions: tuple[int, ...]
+                   ) -> dict[tuple[str, str], str]:
     """Workload names as reported: the name, or ``name@address`` for a workload holding
-    several addresses (their connections may differ)."""
+    several addresses in the analysis at ``at`` (their connections may differ)."""
     out: dict[tuple[str, str], str] = {}
     for w in repo.workloads:
-        if len(w.addresses) > 1:
-            for b in w.addresses:
+        held = [b for b in w.addresses if b.valid_at(at) and b.address.version in versions]
+        if len(held) > 1:
+            for b in held:
                 out[(w.name, str(b.address))] = f"{w.name}@{b.address}"
     return out
 

@@ -9,9 +9,9 @@
     aws:  security groups ─► security-group evaluator ───────────────┼─► diff with
     source: analyze_connectivity(Repository, the target's universe) ─┘   the source
 
-A difference is acceptable only when the renderer said the rendering is not exact (a
-limitation that widens, narrows or drops something); a difference under a rendering that
-claims to be exact is a renderer bug, and ``--verify`` fails.
+A difference is acceptable only in a direction the renderer announced: connections the
+rendering adds need a WIDENED (or DROPPED) limitation, connections it loses a NARROWED (or
+DROPPED) one. Anything else is a renderer bug, and ``--verify`` fails.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from septum.errors import SeptumError
 from septum.model.documents import Position, SourceDocument
 from septum.model.kubernetes import map_cluster
 from septum.model.resources import Repository
-from septum.render.manifests import Limitation, Rendering
+from septum.render.manifests import Approximation, Limitation, Rendering
 
 __all__ = ["TARGETS", "Verification", "render_target", "verify_rendering"]
 
@@ -75,18 +75,39 @@ class Verification:
         return all(x.approximation.value == "rewritten" for x in self.limitations)
 
     @property
+    def widened(self) -> bool:
+        """The rendering allows something the repository does not."""
+        return any(c.added for c in self.diff.changes)
+
+    @property
+    def narrowed(self) -> bool:
+        """The rendering misses something the repository allows."""
+        return any(c.removed for c in self.diff.changes)
+
+    def unexplained(self) -> list[str]:
+        """Directions of difference no limitation announced: allowing more needs a WIDENED
+        (or DROPPED) limitation, allowing less a NARROWED (or DROPPED) one."""
+        said = {x.approximation for x in self.limitations}
+        out = []
+        if self.widened and not said & {Approximation.WIDENED, Approximation.DROPPED}:
+            out.append("the rendering allows more, but no limitation says it widens")
+        if self.narrowed and not said & {Approximation.NARROWED, Approximation.DROPPED}:
+            out.append("the rendering allows less, but no limitation says it narrows")
+        return out
+
+    @property
     def passed(self) -> bool:
-        """Equivalent, or different only where the renderer said it could not be exact."""
-        return self.diff.empty or not self.exact
+        """Equivalent, or different only in directions the renderer announced."""
+        return self.diff.empty or not self.unexplained()
 
     def summary(self) -> str:
         if self.diff.empty:
             return (f"verified: the {self.target} rendering allows exactly what the "
                     "repository allows")
         n = len(self.diff.changes)
-        if self.exact:
-            return (f"verification FAILED: {n} pair(s) differ although the rendering claims to "
-                    "be exact (a renderer bug)")
+        if not self.passed:
+            return (f"verification FAILED: {n} pair(s) differ; "
+                    f"{'; '.join(self.unexplained())} (a renderer bug)")
         return (f"verified with approximations: {n} pair(s) differ, as the "
                 f"{len(self.limitations)} limitation(s) listed say")
 
@@ -99,7 +120,7 @@ def verify_rendering(repo: Repository, rendering: Rendering, at: datetime) -> Ve
 
         diff, limitations = verify_aws(repo, at, rendering)
         return Verification("aws", diff, tuple(limitations))
-    if rendering.target != "k8s":
+    if rendering.target not in ("k8s", "kubernetes"):
         raise SeptumError(f"--verify supports k8s and aws, not {rendering.target}")
     docs = [
         SourceDocument(file=f"<rendered k8s #{i + 1}>", value=m, start=Position(1, 1))
@@ -110,5 +131,6 @@ def verify_rendering(repo: Repository, rendering: Rendering, at: datetime) -> Ve
     source = canonical(analyze_connectivity(repo, at, KUBERNETES))
     # A workload's own address is not external in Septum; as a pod it is, to ipBlocks.
     held = [b.address for w in repo.workloads for b in w.addresses if b.valid_at(at)]
+    held += [b.address for u in repo.users for b in u.sessions if b.valid_at(at)]
     diff = diff_connectivity(without_addresses(source, held), without_addresses(rendered, held))
     return Verification("k8s", diff, rendering.limitations)
