@@ -253,7 +253,8 @@ def analyze_connectivity(
     for sk, members in enumerate(source_supers):
         by_group[egress.group_of[members[0]]].append(sk)
     meet = port_sets.meet
-    ingress_allowed = ingress.allowed_for
+    ingress_groups = ingress.groups
+    source_masks = ingress.remote_masks_of_supers()
     for g, sks in by_group.items():
         # each egress group once: its table (size: supers) is dropped after use
         table = egress.by_view_then_group(g, keep=False)
@@ -262,10 +263,19 @@ def analyze_connectivity(
             if e == 0:
                 continue
             for sk in sks:
+                smask = source_masks[sk]
                 for h, tks in targets.items():
-                    both = meet(e, ingress_allowed(h, sk))
-                    if both:
-                        edges.extend((sk, tk, both) for tk in tks)
+                    # ingress.allowed_for(h, sk) inlined for the cached case: this loop
+                    # runs (source supers x target groups) times
+                    group = ingress_groups[h]
+                    vid = group.view_ids.get(smask & group.mask)
+                    i = -1 if vid is None else group.allowed.get(vid, -1)
+                    if i < 0:
+                        i = ingress.allowed_for(h, sk)
+                    if i:
+                        both = meet(e, i)
+                        if both:
+                            edges.extend((sk, tk, both) for tk in tks)
 
     universe = {v: port_sets.sets[egress.universe(v)] for v in opts.versions}
     names = _display_names(repo, at, opts.versions)

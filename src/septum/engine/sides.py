@@ -226,6 +226,12 @@ class Sides:
         # The policies applying to a class follow from which appliesTo selectors its
         # signature holds: one C-level set intersection per class (stored hashes).
         applies = frozenset(p.applies_to for p in policies)
+        # appliesTo selector -> names of the policies it is the appliesTo of, and name ->
+        # policy: a group's policies in O(its selectors), not O(policies), per group
+        by_applies: dict[Selector, list[str]] = {}
+        for p in policies:
+            by_applies.setdefault(p.applies_to, []).append(p.name)
+        self._by_name = {p.name: p for p in policies}
         keys: dict[tuple[int, frozenset[Selector] | None, Mode | None], int] = {}
         self.groups: list[SideGroup] = []
         self.group_of: list[int] = []
@@ -241,7 +247,7 @@ class Sides:
                 names = (
                     None
                     if chosen is None
-                    else frozenset(p.name for p in policies if p.applies_to in chosen)
+                    else frozenset(n for sel in chosen for n in by_applies[sel])
                 )
                 self.groups.append(self._group(c, names, policies, failsafe))
             self.group_of.append(g)
@@ -293,9 +299,8 @@ class Sides:
             return SideGroup(version, None, address, frozenset(), ())
         atoms: set[Atom] = set()
         services: set[ServicePort] = set()
-        for p in policies:
-            if p.name not in names:
-                continue
+        for name in names:
+            p = self._by_name[name]
             for r in p.rules(self.direction) or ():
                 if not r.alive_at(self.at):
                     continue
@@ -329,9 +334,9 @@ class Sides:
             return out
 
         by_tier: dict[str, list[Policy]] = {}
-        for p in self._policies:
-            if p.name in group.names:
-                by_tier.setdefault(p.tier, []).append(p)
+        for name in group.names:
+            p = self._by_name[name]
+            by_tier.setdefault(p.tier, []).append(p)
         tiers: list[_TierProgram] = []
         for tier in sorted(self._repo.tiers, key=lambda t: (t.order, t.name)):
             policies = sorted(by_tier.get(tier.name, ()), key=lambda p: (p.order, p.name))
@@ -413,6 +418,10 @@ class Sides:
     def view(self, g: int, k: int) -> int:
         """The view id of remote super-class ``k`` for group ``g`` (-1: another IP version)."""
         return self._view_id(self.groups[g], k)
+
+    def remote_masks_of_supers(self) -> list[int]:
+        """Per remote super-class, its mask (what every group's view is cut from)."""
+        return self._super_mask
 
     def allowed_for(self, g: int, k: int) -> int:
         """``allowed(g, view of k)``, or the empty set's id for another IP version."""
