@@ -76,7 +76,8 @@ def _check_against_explain(r: Repository) -> None:
     ports = _sample_ports(r)
     v4 = [(w.name, b.address) for w in r.workloads for b in w.addresses
           if b.valid_at(T0) and b.address.version == 4]
-    multi = {w.name for w in r.workloads if len(w.addresses) > 1}
+    multi = {w.name for w in r.workloads
+             if sum(1 for b in w.addresses if b.valid_at(T0) and b.address.version == 4) > 1}
 
     def label(name: str, address: IPAddress) -> str:
         return f"{name}@{address}" if name in multi else name

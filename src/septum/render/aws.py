@@ -226,7 +226,7 @@ class _Endpoint:
 
 def _endpoints(repo: Repository, at: datetime) -> dict[str, list[_Endpoint]]:
     """Per workload, its addresses at ``at`` with the connectivity report's names (``w``, or
-    ``w@address`` for a workload with several address bindings) and roles."""
+    ``w@address`` for a workload holding several addresses at ``at``) and roles."""
     out: dict[str, list[_Endpoint]] = {}
     for w in repo.workloads:
         valid = sorted((b.address for b in w.addresses if b.valid_at(at)),
@@ -234,7 +234,7 @@ def _endpoints(repo: Repository, at: datetime) -> dict[str, list[_Endpoint]]:
         seen: Counter[int] = Counter()
         found: list[_Endpoint] = []
         for a in valid:
-            display = f"{w.name}@{a}" if len(w.addresses) > 1 else w.name
+            display = f"{w.name}@{a}" if len(valid) > 1 else w.name
             found.append(_Endpoint(display, w.name, a, (a.version, seen[a.version])))
             seen[a.version] += 1
         if found:
