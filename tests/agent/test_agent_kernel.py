@@ -84,6 +84,7 @@ def test_sigkill_during_50_applies_leaves_old_or_new_ruleset(tmp_path: Path, bac
     state_dir = tmp_path / "state"
     rng = random.Random(4)
     kills_mid_run = 0
+    committed = False
     loaded = load_all(repos)
     with netns_context() as ns:
         ns_nft(ns, "-f", "-", stdin=scripts[0])
@@ -101,7 +102,12 @@ def test_sigkill_during_50_applies_leaves_old_or_new_ruleset(tmp_path: Path, bac
             got = kernel_state(ns)
             assert got in states, "the kernel holds neither the old nor the new ruleset"
             loaded_state = StateStore(state_dir).load()  # never corrupt after a kill
-            assert loaded_state is not None
+            if loaded_state is None:
+                # killed before its first commit (a busy machine starts the child late):
+                # no state is right then, but a state once committed must never vanish
+                assert not committed, "the agent's state vanished after a kill"
+                continue
+            committed = True
             assert any(loaded_state.script.startswith(s) for s in scripts)
     assert kills_mid_run >= 10  # the kills really landed among applies
 
