@@ -349,6 +349,8 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
             if isinstance(a.check, FlowAssertion)
         ][:4]
         explained = [evaluator.explain(f) for f in flows]
+        with gc_paused():
+            platforms = _platform_rows(model, when)
     nft = shutil.which("nft") or ("/usr/sbin/nft" if Path("/usr/sbin/nft").exists() else None)
     enforcers = [
         {
@@ -370,6 +372,7 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
                 "counts": _counts(model),
                 "assertions": report.to_json(),
                 "enforcers": enforcers,
+                "platforms": platforms,
                 "explained": [e.to_json() for e in explained],
             }
         )
@@ -384,11 +387,42 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
     for row in enforcers:
         table.add_row(*(str(v) for v in row.values()))
     out.print(table)
+    targets = Table(*platforms[0].keys(), title="Rendered for cloud-native enforcers "
+                    "(septum render --target T --verify)")
+    for row in platforms:
+        targets.add_row(*(str(v) for v in row.values()))
+    out.print(targets)
     out.rule("explained flows")
     for e in explained:
         _print_explanation(e)
     raise typer.Exit(0 if report.passed else 1)
 
+
+
+def _platform_rows(model: Repository, when: datetime) -> list[dict[str, Any]]:
+    """Per target: objects rendered, limitations, and the equivalence check where there is
+    one (k8s, aws)."""
+    from septum.engine.connectivity import analyze_connectivity
+    from septum.render.platforms import TARGETS, render_target, verify_rendering
+
+    rows: list[dict[str, Any]] = []
+    connections = len(analyze_connectivity(model, when).connections)
+    for target in TARGETS:
+        rendering = render_target(model, target, when, inventory=target == "k8s")
+        verdict = "-"
+        if target in ("k8s", "aws"):
+            check = verify_rendering(model, rendering, when)
+            verdict = ("equivalent" if check.diff.empty else
+                       f"{len(check.diff.changes)} pairs differ, as reported" if check.passed
+                       else f"FAILED: {len(check.diff.changes)} pairs differ")
+        rows.append({
+            "target": target,
+            "objects": len(rendering.manifests),
+            "limitations": len(rendering.limitations),
+            "verify": verdict,
+            "connections (septum analyze)": connections,
+        })
+    return rows
 
 
 # ------------------------------------------------------------- connectivity, k8s, render
