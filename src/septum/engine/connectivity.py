@@ -178,12 +178,13 @@ def port_set_of(pieces: Iterable[tuple[Protocol, int, int]]) -> PortSet:
     return tuple(out)
 
 
-def _union(x: PortSet, y: PortSet) -> PortSet:
-    return port_set_of((PROTOCOLS[p], a, b) for p, a, b in (*x, *y))
+def port_set_union(*sets: PortSet) -> PortSet:
+    """The union of port sets, normalized."""
+    return port_set_of((PROTOCOLS[p], a, b) for ps in sets for p, a, b in ps)
 
 
-def _minus(x: PortSet, y: PortSet) -> PortSet:
-    """``x`` without ``y``. O((|x| + |y|) log)."""
+def port_set_minus(x: PortSet, y: PortSet) -> PortSet:
+    """``x`` without ``y``. O(|x| · |y|)."""
     out: list[tuple[Protocol, int, int]] = []
     for p, a, b in x:
         start = a
@@ -413,7 +414,7 @@ def _normalize(pieces: Iterable[tuple[int, int, int, PortSet]]) -> _Ranges:
             ports: PortSet = ()
             for a, b, ps in ranges:
                 if a <= lo and hi - 1 <= b:
-                    ports = _union(ports, ps)
+                    ports = port_set_union(ports, ps)
             if not ports:
                 continue
             if out and out[-1][0] == v and out[-1][2] + 1 == lo and out[-1][3] == ports:
@@ -496,7 +497,7 @@ def parse_connlist(text: str, universe: PortSet, source: str = "<connlist>") -> 
         elif dst is not None:
             externals[(m["src"], True)].append((*dst, ports))
         else:
-            pairs[(m["src"], m["dst"])] = _union(pairs.get((m["src"], m["dst"]), ()), ports)
+            pairs[(m["src"], m["dst"])] = port_set_union(pairs.get((m["src"], m["dst"]), ()), ports)
     return ConnectivityMap(pairs, {k: _normalize(v) for k, v in externals.items()}, universe)
 
 
@@ -559,7 +560,7 @@ def diff_connectivity(old: ConnectivityMap, new: ConnectivityMap) -> Connectivit
     for key in sorted(old.pairs.keys() | new.pairs.keys()):
         a, b = old.pairs.get(key, ()), new.pairs.get(key, ())
         if a != b:
-            changes.append(PairChange(key[0], key[1], _minus(b, a), _minus(a, b)))
+            changes.append(PairChange(key[0], key[1], port_set_minus(b, a), port_set_minus(a, b)))
     for ext in sorted(old.externals.keys() | new.externals.keys()):
         w, outbound = ext
         for v, first, last, added, removed in _range_changes(
@@ -592,7 +593,7 @@ def _range_changes(
             before, after = at(old, v, lo), at(new, v, lo)
             if before == after:
                 continue
-            added, removed = _minus(after, before), _minus(before, after)
+            added, removed = port_set_minus(after, before), port_set_minus(before, after)
             if out and out[-1][0] == v and out[-1][2] + 1 == lo and out[-1][3:] == (
                 added, removed
             ):
@@ -662,7 +663,7 @@ def merge_maps(first: ConnectivityMap, second: ConnectivityMap) -> ConnectivityM
     """Union of two reports (used to fold extra lines, e.g. ingress-controller exposure)."""
     pairs = dict(first.pairs)
     for k, v in second.pairs.items():
-        pairs[k] = _union(pairs.get(k, ()), v)
+        pairs[k] = port_set_union(pairs.get(k, ()), v)
     externals: dict[_ExternalKey, list[tuple[int, int, int, PortSet]]] = defaultdict(list)
     for m in (first, second):
         for ek, r in m.externals.items():
@@ -671,7 +672,8 @@ def merge_maps(first: ConnectivityMap, second: ConnectivityMap) -> ConnectivityM
                            first.universe)
 
 
-__all__ += ["ConnectivityMap", "canonical", "format_diff", "intersect", "merge_maps"]
+__all__ += ["ConnectivityMap", "canonical", "format_diff", "intersect", "merge_maps",
+            "port_set_minus", "port_set_union"]
 
 
 def without_addresses(m: ConnectivityMap, addresses: Iterable[IPv4Address | IPv6Address]

@@ -67,7 +67,9 @@ from septum.engine.connectivity import (
     ConnectivityOptions,
     diff_connectivity,
     format_ports,
+    port_set_minus,
     port_set_of,
+    port_set_union,
 )
 from septum.engine.security_groups import (
     GROUP_REF_PREFIX,
@@ -137,23 +139,8 @@ _EVERYTHING: PortSet = port_set_of(
 _SAFE = re.compile(r"[^A-Za-z0-9._\-:/()#,@\[\]+=&;{}!$* ]")
 
 
-def _union(*sets: PortSet) -> PortSet:
-    return port_set_of((PROTOCOLS[p], a, b) for s in sets for p, a, b in s)
-
-
-def _minus(x: PortSet, y: PortSet) -> PortSet:
-    out: list[tuple[Protocol, int, int]] = []
-    for p, a, b in x:
-        start = a
-        for q, c, d in y:
-            if q != p or d < start or c > b:
-                continue
-            if c > start:
-                out.append((PROTOCOLS[p], start, c - 1))
-            start = max(start, d + 1)
-        if start <= b:
-            out.append((PROTOCOLS[p], start, b))
-    return port_set_of(out)
+_union = port_set_union
+_minus = port_set_minus
 
 
 def _full(protocols: Iterable[Protocol]) -> PortSet:
