@@ -181,19 +181,41 @@ def test_deny_default_tier_gets_trailing_deny_anps_in_order() -> None:
     )
     out = render_kubernetes(r, T0)
     anps = [(m["metadata"]["name"], m["spec"]["priority"]) for m in out.manifests]
+    # p1 has only a pass: nothing of it is rendered but the hole it cuts in the tier's
+    # default deny (a Kubernetes Pass would skip the security tier's ANPs too).
     assert anps == [
-        ("septum-platform-p1", 0),
-        ("septum-platform-p2", 1),
-        ("septum-platform-p1-default", 2),
-        ("septum-platform-p2-default", 3),
-        ("septum-security-s", 4),
+        ("septum-platform-p2", 0),
+        ("septum-platform-p1-default", 1),
+        ("septum-platform-p2-default", 2),
+        ("septum-security-s", 3),
     ]
-    default = out.manifests[2]["spec"]
+    default = out.manifests[1]["spec"]
     assert default["ingress"] == [
-        {"name": "platform/default-deny", "action": "Deny", "from": [{"namespaces": {}}]}
+        {
+            "name": "platform/default-deny",
+            "action": "Deny",
+            "from": [
+                {
+                    "pods": {
+                        "namespaceSelector": {},
+                        "podSelector": {
+                            "matchExpressions": [
+                                {"key": "app", "operator": "NotIn", "values": ["b"]}
+                            ]
+                        },
+                    }
+                }
+            ],
+        }
     ]
     assert "egress" not in default  # p1 has no egress rules: it applies to ingress only
-    assert out.manifests[4]["spec"]["egress"][0]["to"] == [{"networks": ["198.51.100.0/24"]}]
+    assert not any(
+        r["action"] == "Pass"
+        for m in out.manifests
+        for d in ("ingress", "egress")
+        for r in m["spec"].get(d, [])
+    )
+    assert out.manifests[3]["spec"]["egress"][0]["to"] == [{"networks": ["198.51.100.0/24"]}]
     assert (
         "tier/platform",
         "tier default deny does not cover ingress from outside the cluster",
@@ -330,7 +352,7 @@ def test_port_ranges_in_both_forms() -> None:
         tier("security", 10, "pass"),
         tier("apps", 20),
         workload("web", "198.18.0.1", app="web"),
-        policy("s", "security", egress=[rule("pass", ports=["tcp/8000-8099", "udp/53", "sctp"])]),
+        policy("s", "security", egress=[rule("deny", ports=["tcp/8000-8099", "udp/53", "sctp"])]),
         policy("a", "apps", egress=[rule("allow", ports=["tcp/8000-8099", "udp/53", "sctp"])]),
     )
     out = render_kubernetes(r, T0)

@@ -14,8 +14,11 @@ from septum.render.labelselector import (
     Bias,
     ScopedSelector,
     SelectorTranslation,
+    intersect_terms,
     label_key_problem,
     label_value_problem,
+    negate_terms,
+    subtract_terms,
     translate_selector,
 )
 from septum.testing.k8s_selectors import label_selector_matches, scoped_peer_matches
@@ -241,3 +244,67 @@ def test_negated_patterns(text: str) -> None:
     for v in (*_VALUES, None):
         labels = {} if v is None else {"app": v}
         assert _k8s_matches(closed, labels) == s.matches(labels)
+
+
+_namespace_labels = st.dictionaries(
+    st.sampled_from(("kubernetes.io/metadata.name", "team")),
+    st.sampled_from(("a", "b")),
+    max_size=2,
+)
+_namespaced = st.one_of(
+    selectors(),
+    st.sampled_from(
+        (
+            'septum.io/namespace == "a"',
+            'namespace.septum.io/team != "b" && app == "a"',
+            '!has(namespace.septum.io/team) || env in {"a", "b"}',
+        )
+    ).map(parse_selector),
+)
+
+
+def _union_matches(
+    terms: tuple[ScopedSelector, ...], pod: Mapping[str, str], ns: Mapping[str, str]
+) -> bool:
+    return any(
+        scoped_peer_matches(
+            {"namespaceSelector": t.namespaces.to_manifest(), "podSelector": t.pods.to_manifest()},
+            pod,
+            ns,
+        )
+        for t in terms
+    )
+
+
+@settings(max_examples=400)
+@given(_namespaced, _namespaced, _plain_labels, _namespace_labels)
+def test_term_algebra_is_exact(
+    a: Selector, b: Selector, pod: Mapping[str, str], ns: Mapping[str, str]
+) -> None:
+    """Intersection, complement and difference of unions of terms, against the independent
+    Kubernetes evaluator (what the renderer uses to compile ``pass`` away)."""
+    ta, tb = translate_selector(a).terms, translate_selector(b).terms
+    in_a, in_b = _union_matches(ta, pod, ns), _union_matches(tb, pod, ns)
+    both, not_a, a_not_b = intersect_terms(ta, tb), negate_terms(ta), subtract_terms(ta, tb)
+    assert both is not None
+    assert not_a is not None
+    assert a_not_b is not None
+    assert _union_matches(both, pod, ns) == (in_a and in_b)
+    assert _union_matches(not_a, pod, ns) == (not in_a)
+    assert _union_matches(a_not_b, pod, ns) == (in_a and not in_b)
+
+
+def test_term_algebra_drops_contradictions_and_gives_up_past_the_cap() -> None:
+    a = translate_selector(parse_selector('app == "a"')).terms
+    b = translate_selector(parse_selector('app == "b"')).terms
+    assert intersect_terms(a, b) == ()
+    assert subtract_terms(a, a) == ()
+    assert negate_terms(()) == (ScopedSelector(),)
+    assert negate_terms((ScopedSelector(),)) == ()
+    many = translate_selector(parse_selector(" || ".join(f'k{i} == "v"' for i in range(6)))).terms
+    assert negate_terms(many, cap=4) is not None  # one term: every k_i absent or not "v"
+    assert subtract_terms(a, [ScopedSelector(pods=t.pods) for t in many], cap=4) is not None
+    pairs = translate_selector(
+        parse_selector(" || ".join(f'(x{i} == "v" && y{i} == "v")' for i in range(6)))
+    ).terms
+    assert negate_terms(pairs, cap=4) is None  # 2^6 terms

@@ -3,10 +3,12 @@
 ``render_kubernetes(repo, at)`` is ``semantics.md`` "Kubernetes meaning" in reverse::
 
     Repository ──resolve_policy(at)──► tiers in order (staged policies, expired rules out)
-      failsafe ─────────────────────────► ANP priority base (Allow)
-      every tier but the last app tier ─► one ANP per policy (first match across priorities)
-                                          + per-policy trailing Deny-all ANPs for a tier
-                                            whose default is deny
+      failsafe ─────────────────────────► ANP priority base (Allow); its ingress from
+                                            outside the cluster: default-deny NetworkPolicies
+      every tier but the last app tier ─► per policy, ANPs holding its allow/deny rules with
+                                          the tier's earlier passes carved out (one group per
+                                          subject cell), then per policy a trailing Deny-all
+                                          ANP (also carved) for a tier whose default is deny
       last tier, allow-only, deny default ► NetworkPolicies per namespace (union of allows,
                                             deny once selected)
       repository default deny ──────────► BANP "default" (deny all) + per-namespace
@@ -14,11 +16,22 @@
     then the inventory (Namespaces, Pods) when asked.
 
 Why every tier but the last may be an ANP: ANPs are first-match across priorities with
-Allow/Deny/Pass, which is exactly Septum's walk through tiers when each tier's default deny is
+Allow/Deny, which is exactly Septum's walk through tiers when each tier's default deny is
 a trailing Deny-all ANP for the subjects of that tier's policies. NetworkPolicy can only be
 the last layer before the repository default, so only the last tier goes there, and only when
 it is allow-only with a deny default (an allow-only tier with a pass default is the same when
 the repository default is deny).
+
+**Pass is compiled away, never rendered as Pass.** Septum's pass skips the rest of *its
+tier*; a Kubernetes Pass skips *every remaining ANP* and goes to NetworkPolicy. So a pass rule
+P emits nothing itself: every later allow/deny rule R of the same tier (and the tier's default
+deny) is cut to R minus P = (R's peers minus P's peers, R's ports) ∪ (R's peers, R's ports
+minus P's ports), computed exactly on label selectors (``labelselector.subtract_terms``),
+address intervals and port intervals. A flow P matches then matches no later ANP rule of that
+tier and reaches the next tier's ANPs, as in Septum. When P's policy applies to only some of
+R's policy's subjects, R's policy is rendered per subject cell (inside P's subjects: cut;
+outside: whole), the cells being disjoint so first-match order holds in each. Past the term
+caps the cut is given up and reported (DROPPED) against the pass rule.
 
 What Kubernetes cannot say is reported as a :class:`~septum.render.manifests.Limitation`
 (never dropped in silence): ANP ingress has no CIDR peers (v1alpha1), so sources outside the
@@ -33,12 +46,14 @@ Pure: no I/O. Cost: O(resolve) + O(policies · rules · peers · DNF terms + nam
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from functools import partial
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, summarize_address_range
 from typing import Any
 
 from septum.engine.resolve import ResolvedPolicyRules, ResolvedTier, minimal_ranges, resolve_policy
@@ -53,6 +68,8 @@ from septum.model.resources import (
     Mode,
     Peer,
     PeerKind,
+    PortRange,
+    Protocol,
     Repository,
     RepositoryDefault,
     Rule,
@@ -71,8 +88,10 @@ from septum.render.labelselector import (
     Requirement,
     ScopedSelector,
     SelectorTranslation,
+    intersect_terms,
     label_key_problem,
     label_value_problem,
+    subtract_terms,
     translate_selector,
 )
 from septum.render.manifests import Approximation, Limitation, Manifest, Rendering
@@ -219,17 +238,147 @@ class AddressPeers:
 
     ``everything``: some peer matches every address (``all()``, or no peers at all).
     ``pods``: (namespace, pod) selectors. ``ranges``: address ranges (never select pods).
-    ``notes``: (what, approximation, detail) for the caller to report against the rule.
+    ``notes``: (what, fewer matches?, detail, workloads concerned) for the caller to report
+    against the rule (fewer matches None: same meaning, rewritten).
     """
 
     everything: bool = False
     pods: tuple[ScopedSelector, ...] = ()
     ranges: tuple[Block, ...] = ()
-    notes: tuple[tuple[str, bool | None, str], ...] = ()  # (what, fewer_matches?, detail)
+    notes: tuple[tuple[str, bool | None, str, tuple[str, ...]], ...] = ()
 
     @property
     def empty(self) -> bool:
         return not self.everything and not self.pods and not self.ranges
+
+
+# ---------------------------------------------------------------------------- matches
+
+#: Address intervals ``(version, first, last)``, sorted, disjoint and not adjacent.
+Nets = tuple[tuple[int, int, int], ...]
+#: Port intervals ``(protocol, first, last)`` over tcp/udp/sctp ports 1..65535, normalized.
+Ports = tuple[tuple[Protocol, int, int], ...]
+
+_PORTED = (Protocol.SCTP, Protocol.TCP, Protocol.UDP)
+_EVERY_NET: Nets = ((4, 0, 2**32 - 1), (6, 0, 2**128 - 1))
+_EVERY_PORT: Ports = tuple((p, 1, 65535) for p in _PORTED)
+#: Cap on the pieces one rule is cut into when passes are compiled away.
+MAX_PIECES = 64
+
+
+def _normal_intervals(items: Iterable[tuple[Any, int, int]]) -> list[tuple[Any, int, int]]:
+    out: list[tuple[Any, int, int]] = []
+    for k, a, b in sorted(items, key=lambda x: (str(x[0]), x[1], x[2])):
+        if out and out[-1][0] == k and a <= out[-1][2] + 1:
+            if b > out[-1][2]:
+                out[-1] = (k, out[-1][1], b)
+        else:
+            out.append((k, a, b))
+    return out
+
+
+def _minus_intervals(
+    xs: Sequence[tuple[Any, int, int]], ys: Sequence[tuple[Any, int, int]]
+) -> list[tuple[Any, int, int]]:
+    out: list[tuple[Any, int, int]] = []
+    for k, a, b in xs:
+        pieces = [(a, b)]
+        for yk, ya, yb in ys:
+            if yk != k:
+                continue
+            nxt: list[tuple[int, int]] = []
+            for pa, pb in pieces:
+                if yb < pa or ya > pb:
+                    nxt.append((pa, pb))
+                    continue
+                if pa < ya:
+                    nxt.append((pa, ya - 1))
+                if yb < pb:
+                    nxt.append((yb + 1, pb))
+            pieces = nxt
+        out.extend((k, pa, pb) for pa, pb in pieces)
+    return _normal_intervals(out)
+
+
+def _overlap(xs: Sequence[tuple[Any, int, int]], ys: Sequence[tuple[Any, int, int]]) -> bool:
+    return any(k == yk and a <= yb and ya <= b for k, a, b in xs for yk, ya, yb in ys)
+
+
+def nets_of(found: AddressPeers) -> Nets:
+    """The address ranges of translated peers as intervals (``everything``: every address)."""
+    if found.everything:
+        return _EVERY_NET
+    items: list[tuple[int, int, int]] = []
+    for cidr, holes in found.ranges:
+        items.extend(
+            _minus_intervals(
+                [(cidr.version, int(cidr.network_address), int(cidr.broadcast_address))],
+                [(h.version, int(h.network_address), int(h.broadcast_address)) for h in holes],
+            )
+        )
+    return tuple(_normal_intervals(items))
+
+
+def cidrs_of(nets: Nets) -> list[IPNetwork]:
+    """Intervals as a minimal list of CIDRs, sorted."""
+    out: list[IPNetwork] = []
+    for v, a, b in nets:
+        first: IPAddress = IPv4Address(a) if v == 4 else IPv6Address(a)
+        last: IPAddress = IPv4Address(b) if v == 4 else IPv6Address(b)
+        out.extend(summarize_address_range(first, last))
+    return out
+
+
+def ports_of_services(services: tuple[ServicePort, ...] | None) -> Ports | None:
+    if services is None:
+        return None
+    return tuple(
+        _normal_intervals(
+            (s.protocol, *port_bounds(s)) for s in services if s.protocol is not None
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What one rule matches, in Kubernetes terms: pods (a union of terms) and address
+    ranges (which never select pods), on ``ports`` (None: every protocol and port)."""
+
+    pods: tuple[ScopedSelector, ...]
+    nets: Nets
+    ports: Ports | None
+
+    @property
+    def empty(self) -> bool:
+        return (not self.pods and not self.nets) or self.ports == ()
+
+    def services(self) -> tuple[ServicePort, ...] | None:
+        if self.ports is None:
+            return None
+        return tuple(ServicePort(p, PortRange(a, b)) for p, a, b in self.ports)
+
+    def without(self, other: Match, cap: int) -> list[Match] | None:
+        """``self`` minus ``other`` as a union of matches (None past ``cap`` terms):
+        (peers outside other's, same ports) ∪ (same peers, ports outside other's)."""
+        if self.ports is not None and other.ports is not None and not _overlap(
+            self.ports, other.ports
+        ):
+            return [self]
+        common = intersect_terms(self.pods, other.pods, cap)
+        if common is None:
+            return None
+        if not common and not _overlap(self.nets, other.nets):
+            return [self]
+        pods = subtract_terms(self.pods, other.pods, cap)
+        if pods is None:
+            return None
+        out = [Match(pods, tuple(_minus_intervals(self.nets, other.nets)), self.ports)]
+        if other.ports is not None:
+            mine = self.ports if self.ports is not None else _EVERY_PORT
+            out.append(
+                Match(self.pods, self.nets, tuple(_minus_intervals(mine, other.ports)))
+            )
+        return [m for m in out if not m.empty]
 
 
 # ---------------------------------------------------------------------------- inventory facts
@@ -339,6 +488,27 @@ class Inventory:
             if any(a in c for a in self.addresses(w) for c in nets)
         )
 
+    def labels_of(self, name: str) -> Mapping[str, str]:
+        w = self.repo.workload(name)
+        return w.labels if w is not None else {}
+
+    def covered(self, name: str, cidrs: Iterable[IPNetwork]) -> bool:
+        """Whether every address the workload holds at ``at`` lies in one of ``cidrs``."""
+        nets = tuple(cidrs)
+        w = self.repo.workload(name)
+        return w is not None and all(any(a in c for c in nets) for a in self.addresses(w))
+
+    def selected_by(self, terms: Iterable[ScopedSelector]) -> list[str]:
+        """Names of the workloads a union of (namespace, pod) terms selects, as rendered."""
+        found = tuple(terms)
+        out: list[str] = []
+        for w in self.repo.workloads:
+            pod = {k: v for k, v in w.labels.items() if not k.startswith(NAMESPACE_LABEL_PREFIX)}
+            ns_labels = self.namespace_labels[self.namespace_of[w.name]]
+            if any(t.matches(pod, ns_labels) for t in found):
+                out.append(w.name)
+        return out
+
     def user_addresses(self) -> list[IPNetwork]:
         return [
             IPv4Network(b.address) if isinstance(b.address, IPv4Address) else IPv6Network(b.address)
@@ -394,13 +564,19 @@ def translate_peers(
     *,
     cidr_matches_workloads: bool,
 ) -> AddressPeers:
-    """Translate a rule's peers (a union) for Kubernetes-like targets. O(peers · workloads)."""
+    """Translate a rule's peers (a union) for Kubernetes-like targets. O(peers · workloads).
+
+    CIDR peers that hold managed workloads' addresses (``cidr_matches_workloads``) become pod
+    peers for those workloads, taken together over the rule's CIDRs: a pod peer matches every
+    address of the pod, so a workload only some of whose addresses are in them is named only
+    with ``Bias.SUPERSET`` (and reported either way)."""
     if not peers:
         return AddressPeers(everything=True)
     everything = False
     pods: list[ScopedSelector] = []
     ranges: list[Block] = []
-    notes: list[tuple[str, bool | None, str]] = []
+    notes: list[tuple[str, bool | None, str, tuple[str, ...]]] = []
+    cidrs: list[IPNetwork] = []
     for peer in peers:
         if peer.kind in (PeerKind.SELECTOR, PeerKind.SEGMENT):
             assert peer.selector is not None
@@ -415,6 +591,7 @@ def translate_peers(
                         f"selector {peer} not exactly expressible",
                         bias is Bias.SUBSET,
                         "; ".join(t.problems),
+                        (),
                     )
                 )
             if t.closed_world:
@@ -423,6 +600,7 @@ def translate_peers(
                         f"selector {peer} rewritten over the inventory's label values",
                         None,
                         "exact for the current inventory; re-render when labels change",
+                        (),
                     )
                 )
             for n in inv.repo.networks:
@@ -434,27 +612,7 @@ def translate_peers(
         elif peer.kind is PeerKind.CIDR:
             assert peer.cidr is not None
             ranges.append((peer.cidr, ()))
-            if cidr_matches_workloads:
-                holders = inv.holders((peer.cidr,))
-                if holders:
-                    bad = [n for n in holders if label_value_problem(n)]
-                    pods.extend(inv.pods_by_name(n for n in holders if n not in bad))
-                    notes.append(
-                        (
-                            f"cidr {peer.cidr} also matches managed workloads",
-                            None,
-                            f"ipBlocks never select pods: rendered as pod peers for {holders} "
-                            "(their addresses at the render time)",
-                        )
-                    )
-                    if bad:
-                        notes.append(
-                            (
-                                f"cidr {peer.cidr}: workloads {bad} cannot be named",
-                                True,
-                                "their names are not valid label values",
-                            )
-                        )
+            cidrs.append(peer.cidr)
         else:  # USERS
             assert peer.selector is not None
             held = [
@@ -473,6 +631,45 @@ def translate_peers(
                     None,
                     "rendered as the addresses its users' sessions hold at the render time; "
                     "re-render when sessions change",
+                    (),
+                )
+            )
+    holders = inv.holders(cidrs) if cidrs and cidr_matches_workloads and not everything else []
+    if holders:
+        text = ", ".join(str(c) for c in cidrs)
+        bad = [n for n in holders if label_value_problem(n)]
+        partial = [n for n in holders if n not in bad and not inv.covered(n, cidrs)]
+        named = [
+            n for n in holders if n not in bad and (bias is Bias.SUPERSET or n not in partial)
+        ]
+        if named:
+            pods.extend(inv.pods_by_name(named))
+            notes.append(
+                (
+                    f"cidr {text} also matches managed workloads",
+                    None,
+                    f"ipBlocks never select pods: rendered as pod peers for {named} "
+                    "(their addresses at the render time)",
+                    (),
+                )
+            )
+        if partial:
+            notes.append(
+                (
+                    f"cidr {text} holds only some addresses of workloads {partial}",
+                    bias is Bias.SUBSET,
+                    "a pod peer matches every address of the pod: "
+                    + ("named anyway" if bias is Bias.SUPERSET else "left out"),
+                    tuple(partial),
+                )
+            )
+        if bad:
+            notes.append(
+                (
+                    f"cidr {text}: workloads {bad} cannot be named",
+                    True,
+                    "their names are not valid label values",
+                    tuple(bad),
                 )
             )
     return AddressPeers(
@@ -484,6 +681,27 @@ def translate_peers(
 
 
 # ---------------------------------------------------------------------------- the renderer
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """A pass rule of the tier being rendered: its policy, subjects and match."""
+
+    policy: str
+    source: str
+    subject: tuple[ScopedSelector, ...]
+    match: Match
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """An allow/deny rule (or a tier default) to render, with the passes before it."""
+
+    name: str
+    source: str
+    action: Action
+    match: Match
+    passes: tuple[_Pass, ...]
 
 
 class _KubernetesRenderer:
@@ -499,6 +717,11 @@ class _KubernetesRenderer:
         self.nps: list[Manifest] = []
         self.banp: list[Manifest] = []
         self.priority = settings.anp_priority_base
+        self.external_ingress_in_network_policy = (
+            repo.settings.default_action is RepositoryDefault.DENY
+            and settings.default_deny_external_ingress
+        )
+        self.failsafe_ingress: list[tuple[Nets, tuple[ServicePort, ...] | None]] = []
         self.names: set[str] = set()
         self._translations: dict[tuple[str, Bias], SelectorTranslation] = {}
         modes = {w.name: w.mode for w in repo.workloads}
@@ -548,12 +771,19 @@ class _KubernetesRenderer:
     def subjects(self, source: str, selector: Selector) -> tuple[ScopedSelector, ...]:
         t = self.translate(selector, Bias.SUPERSET)
         if not t.exact:
+            extra = [
+                n
+                for n in self.inv.selected_by(t.terms)
+                if not selector.matches(self.inv.labels_of(n))
+            ]
             self.limits.append(
                 Limitation(
                     source,
                     f"appliesTo {selector.text!r} not exactly expressible",
-                    Approximation.WIDENED,
-                    "rendered for a superset of its workloads: " + "; ".join(t.problems),
+                    Approximation.DROPPED,
+                    "rendered for a superset of its workloads, which get its allows, denies "
+                    "and tier default either way: " + "; ".join(t.problems),
+                    workloads=tuple(extra),
                 )
             )
         if t.closed_world:
@@ -595,10 +825,18 @@ class _KubernetesRenderer:
             bias,
             cidr_matches_workloads=self.repo.settings.cidr_matches_workloads,
         )
-        for what, fewer, detail in found.notes:
-            approx = Approximation.REWRITTEN if fewer is None else loss(rule.action, fewer)
-            self.limits.append(Limitation(source, what, approx, detail))
+        for what, fewer, detail, workloads in found.notes:
+            approx = Approximation.REWRITTEN if fewer is None else self.loss(rule.action, fewer)
+            self.limits.append(Limitation(source, what, approx, detail, workloads=workloads))
         return found
+
+    @staticmethod
+    def loss(action: Action, fewer_matches: bool) -> Approximation:
+        """:func:`loss`, but for a pass: its flows are carved out of the later rules of its
+        tier, so a pass matching more or fewer flows may change the outcome either way."""
+        if action is Action.PASS:
+            return Approximation.DROPPED
+        return loss(action, fewer_matches)
 
     def ports_of(self, source: str, rule: Rule) -> tuple[ServicePort, ...] | bool | None:
         """Rendered ports; None = every port; False = nothing left (skip the rule)."""
@@ -608,7 +846,7 @@ class _KubernetesRenderer:
                 Limitation(
                     source,
                     f"services {[str(s) for s in lost]} have no Kubernetes port form",
-                    loss(rule.action, True),
+                    self.loss(rule.action, True),
                     "left out of the rule (Kubernetes policies match TCP, UDP and SCTP ports)",
                 )
             )
@@ -652,39 +890,11 @@ class _KubernetesRenderer:
             }
         }
 
-    def anp_peers(
-        self, source: str, direction: Direction, action: Action, found: AddressPeers
-    ) -> list[dict[str, Any]]:
-        peers: list[dict[str, Any]] = []
-        if found.everything:
-            peers.append({"namespaces": {}})
-            ranges: list[IPNetwork] = [EVERY_V4, EVERY_V6]
-        else:
-            peers.extend(self.anp_pod_peer(t) for t in found.pods)
-            ranges = expand(found.ranges)
-        if ranges and direction is Direction.EGRESS:
-            texts = [str(r) for r in ranges]
-            for i in range(0, len(texts), ANP_MAX_NETWORKS):
-                peers.append({"networks": texts[i : i + ANP_MAX_NETWORKS]})
-        elif ranges:
-            what = (
-                "sources outside the cluster"
-                if found.everything
-                else f"address ranges {[str(r) for r in ranges][:8]}"
-            )
-            self.limits.append(
-                Limitation(
-                    source,
-                    f"{what} cannot be matched by an AdminNetworkPolicy ingress rule",
-                    loss(action, True),
-                    "ANP v1alpha1 ingress peers are namespaces and pods only",
-                )
-            )
-        return peers
-
-    def anp_rule(
+    def rule_match(
         self, policy: str, direction: Direction, rule: Rule, bias: Bias
-    ) -> list[dict[str, Any]]:
+    ) -> Match | None:
+        """What ``rule`` matches in Kubernetes terms, with its limitations reported; None
+        when nothing is left to render (log rules, ports without a Kubernetes form)."""
         source = rule_source(policy, direction, rule)
         self.note_rule(source, rule)
         if rule.action is Action.LOG:
@@ -696,24 +906,54 @@ class _KubernetesRenderer:
                     "Kubernetes policies cannot log; the rule never decides, so it is left out",
                 )
             )
-            return []
+            return None
         ports = self.ports_of(source, rule)
         if ports is False:
-            return []
+            return None
         found = self.peers(source, rule, bias)
-        peers = self.anp_peers(source, direction, rule.action, found)
-        if not peers:
-            return []
+        nets = nets_of(found)
+        pods = (ScopedSelector(),) if found.everything else found.pods
+        services = ports if isinstance(ports, tuple) else None
+        if direction is Direction.INGRESS and nets and rule.action is not Action.PASS:
+            # (an ingress pass of external sources needs nothing: ANP ingress rules never
+            # match them, so they always go on to the NetworkPolicy layer)
+            what = (
+                "sources outside the cluster"
+                if found.everything
+                else f"address ranges {[str(r) for r in cidrs_of(nets)][:8]}"
+            )
+            self.limits.append(
+                Limitation(
+                    source,
+                    f"{what} cannot be matched by an AdminNetworkPolicy ingress rule",
+                    loss(rule.action, True),
+                    "ANP v1alpha1 ingress peers are namespaces and pods only",
+                    external=True,
+                )
+            )
+        m = Match(pods, nets, ports_of_services(services))
+        return None if m.empty else m
+
+    def anp_entries(
+        self, name: str, action: Action, direction: Direction, m: Match
+    ) -> list[dict[str, Any]]:
+        """ANP rules for one match (address ranges only on egress: ANP ingress peers are
+        pods); split when it has more than ANP_MAX_PEERS peers (a union: same meaning)."""
+        peers: list[dict[str, Any]] = [self.anp_pod_peer(t) for t in m.pods]
+        if direction is Direction.EGRESS and m.nets:
+            texts = [str(c) for c in cidrs_of(m.nets)]
+            for i in range(0, len(texts), ANP_MAX_NETWORKS):
+                peers.append({"networks": texts[i : i + ANP_MAX_NETWORKS]})
         out: list[dict[str, Any]] = []
+        services = m.services()
         for i in range(0, len(peers), ANP_MAX_PEERS):
             entry: dict[str, Any] = {
-                "name": f"{policy}/{direction.value}/{rule.index}"[:100],
-                "action": rule.action.value.capitalize(),
+                "name": name[:100],
+                "action": action.value.capitalize(),
                 "from" if direction is Direction.INGRESS else "to": peers[i : i + ANP_MAX_PEERS],
             }
-            if ports:
-                assert isinstance(ports, tuple)
-                entry["ports"] = self.anp_ports(ports)
+            if services is not None:
+                entry["ports"] = self.anp_ports(services)
             out.append(entry)
         return out
 
@@ -761,39 +1001,179 @@ class _KubernetesRenderer:
         )
         self.priority += 1
 
-    def anp_policy(self, rp: ResolvedPolicyRules) -> None:
-        p = rp.policy
-        source = f"policy/{p.name}"
-        rendered: dict[Direction, list[dict[str, Any]]] = {}
-        for d in Direction:
-            rules: list[dict[str, Any]] = []
-            for rule in rp.rules(d) or ():
-                bias = Bias.SUPERSET if rule.action is Action.DENY else Bias.SUBSET
-                rules.extend(self.anp_rule(p.name, d, rule, bias))
-            rendered[d] = rules
-        if not rendered[Direction.INGRESS] and not rendered[Direction.EGRESS]:
-            return
-        chunks = max((len(rendered[d]) + ANP_MAX_RULES - 1) // ANP_MAX_RULES for d in Direction)
-        terms = self.subjects(source, p.applies_to)
-        for ti, term in enumerate(terms):
-            for c in range(chunks):
-                suffix = (f"-{ti}" if len(terms) > 1 else "") + (f"-part{c}" if chunks > 1 else "")
-                self.emit_anp(
-                    f"{self.s.name_prefix}-{p.tier}-{p.name}{suffix}",
-                    self.excluding(term, self.unenforced),
-                    rendered[Direction.INGRESS][c * ANP_MAX_RULES : (c + 1) * ANP_MAX_RULES],
-                    rendered[Direction.EGRESS][c * ANP_MAX_RULES : (c + 1) * ANP_MAX_RULES],
-                    source,
-                )
-        if chunks > 1:
+    def anp_tier(self, rt: ResolvedTier, policies: Sequence[ResolvedPolicyRules]) -> None:
+        """A tier as ANPs: per policy (in order) its allow and deny rules with every earlier
+        pass of the tier carved out of them, then the tier's default deny likewise carved.
+
+        Septum's pass skips the rest of its tier; Kubernetes' Pass would skip every later
+        ANP. So no Pass is emitted: a flow that a pass matches simply matches no later ANP
+        rule of its tier (they are cut to exclude it) and goes on to the next tier's ANPs,
+        exactly as in Septum. Where the pass's policy applies to only some of a later
+        policy's subjects, that policy is rendered per subject cell (inside / outside)."""
+        passes: dict[Direction, list[_Pass]] = {d: [] for d in Direction}
+        plans: list[tuple[ResolvedPolicyRules, dict[Direction, list[_Item]]]] = []
+        for rp in policies:
+            items: dict[Direction, list[_Item]] = {d: [] for d in Direction}
+            for d in Direction:
+                for rule in rp.rules(d) or ():
+                    if rule.action is Action.PASS:
+                        m = self.rule_match(rp.name, d, rule, Bias.SUBSET)
+                        if m is not None:
+                            subject = self.subjects(f"policy/{rp.name}", rp.policy.applies_to)
+                            passes[d].append(
+                                _Pass(rp.name, rule_source(rp.name, d, rule), subject, m)
+                            )
+                        continue
+                    bias = Bias.SUPERSET if rule.action is Action.DENY else Bias.SUBSET
+                    m = self.rule_match(rp.name, d, rule, bias)
+                    if m is not None:
+                        name = f"{rp.name}/{d.value}/{rule.index}"
+                        source = rule_source(rp.name, d, rule)
+                        items[d].append(_Item(name, source, rule.action, m, tuple(passes[d])))
+            plans.append((rp, items))
+        unenforced = list(self.unenforced)
+        for rp, items in plans:
+            self.emit_carved(
+                f"{self.s.name_prefix}-{rp.policy.tier}-{rp.name}",
+                f"policy/{rp.name}",
+                rp,
+                items,
+                partial(self.excluding, names=unenforced),
+            )
+        if rt.tier.default_action is TierDefault.DENY:
+            self.anp_tier_default(rt, policies, passes)
+
+    def cells(
+        self, subject: tuple[ScopedSelector, ...], others: dict[str, tuple[ScopedSelector, ...]]
+    ) -> list[tuple[tuple[ScopedSelector, ...], frozenset[str]]] | None:
+        """``subject`` split into disjoint cells by which of the ``others`` (pass policies'
+        subjects) apply there: (terms, names of the policies that apply). None past the cap."""
+        cap = self.s.max_selector_terms
+        out: list[tuple[tuple[ScopedSelector, ...], frozenset[str]]] = [(subject, frozenset())]
+        for name, terms in others.items():
+            nxt: list[tuple[tuple[ScopedSelector, ...], frozenset[str]]] = []
+            for cell, inside in out:
+                within = intersect_terms(cell, terms, cap)
+                outside = subtract_terms(cell, terms, cap)
+                if within is None or outside is None:
+                    return None
+                if within:
+                    nxt.append((within, inside | {name}))
+                if outside:
+                    nxt.append((outside, inside))
+            out = nxt
+            if len(out) > MAX_PIECES:
+                return None
+        return out
+
+    def carve(self, item: _Item, passes: Sequence[_Pass]) -> list[Match]:
+        """``item``'s match minus the matches of ``passes`` (a union of pieces)."""
+        pieces = [item.match]
+        for p in passes:
+            nxt: list[Match] = []
+            for piece in pieces:
+                found = piece.without(p.match, self.s.max_selector_terms)
+                if found is None:
+                    nxt = []
+                    break
+                if piece.ports is None and any(f.ports is not None for f in found):
+                    self.limits.append(
+                        Limitation(
+                            item.source,
+                            f"protocols without ports (icmp) not carved by {p.source}",
+                            loss(item.action, True),
+                            "the pass hands on some ports only; what this rule keeps of "
+                            "those peers is written with ports, which leaves icmp out",
+                        )
+                    )
+                nxt.extend(found)
+            else:
+                pieces = list(dict.fromkeys(nxt))
+                if len(pieces) <= MAX_PIECES:
+                    continue
             self.limits.append(
                 Limitation(
-                    source,
-                    f"more than {ANP_MAX_RULES} rules in a direction",
-                    Approximation.REWRITTEN,
-                    f"split over {chunks} ANPs of consecutive priorities (same first match)",
+                    p.source,
+                    f"pass not carved out of rule {item.name}",
+                    Approximation.DROPPED,
+                    "too many label selectors: flows this pass hands on are decided by that "
+                    "later rule of the same tier instead",
                 )
             )
+            return [item.match]
+        return pieces
+
+    def emit_carved(
+        self,
+        base: str,
+        source: str,
+        rp: ResolvedPolicyRules,
+        items: dict[Direction, list[_Item]],
+        shape: Callable[[ScopedSelector], ScopedSelector],
+    ) -> None:
+        """ANPs for one policy's rules (``items``) over its subjects, cut by the earlier
+        passes of its tier: one group of consecutive ANPs per subject cell."""
+        subject = self.subjects(f"policy/{rp.name}", rp.policy.applies_to)
+        others: dict[str, tuple[ScopedSelector, ...]] = {}
+        for d in Direction:
+            for it in items[d]:
+                for p in it.passes:
+                    if p.policy != rp.name:
+                        others.setdefault(p.policy, p.subject)
+        found = self.cells(subject, others)
+        if found is None:
+            for d in Direction:
+                for it in items[d]:
+                    for p in it.passes:
+                        if p.policy != rp.name:
+                            self.limits.append(
+                                Limitation(
+                                    p.source,
+                                    f"pass not carved out of policy {rp.name}",
+                                    Approximation.DROPPED,
+                                    "its subjects need too many label selectors: flows this "
+                                    f"pass hands on are decided by {rp.name} instead",
+                                )
+                            )
+            found = [(subject, frozenset())]
+        groups: list[tuple[tuple[ScopedSelector, ...], dict[Direction, list[dict[str, Any]]]]] = []
+        for terms, inside in found:
+            rendered: dict[Direction, list[dict[str, Any]]] = {d: [] for d in Direction}
+            for d in Direction:
+                for it in items[d]:
+                    applicable = [
+                        p for p in it.passes if p.policy == rp.name or p.policy in inside
+                    ]
+                    for piece in self.carve(it, applicable):
+                        rendered[d].extend(self.anp_entries(it.name, it.action, d, piece))
+            if rendered[Direction.INGRESS] or rendered[Direction.EGRESS]:
+                groups.append((terms, rendered))
+        total = sum(len(terms) for terms, _ in groups)
+        k = 0
+        for terms, rendered in groups:
+            chunks = max(
+                (len(rendered[d]) + ANP_MAX_RULES - 1) // ANP_MAX_RULES for d in Direction
+            )
+            for term in terms:
+                for c in range(chunks):
+                    suffix = (f"-{k}" if total > 1 else "") + (f"-part{c}" if chunks > 1 else "")
+                    self.emit_anp(
+                        base + suffix,
+                        shape(term),
+                        rendered[Direction.INGRESS][c * ANP_MAX_RULES : (c + 1) * ANP_MAX_RULES],
+                        rendered[Direction.EGRESS][c * ANP_MAX_RULES : (c + 1) * ANP_MAX_RULES],
+                        source,
+                    )
+                k += 1
+            if chunks > 1:
+                self.limits.append(
+                    Limitation(
+                        source,
+                        f"more than {ANP_MAX_RULES} rules in a direction",
+                        Approximation.REWRITTEN,
+                        f"split over {chunks} ANPs of consecutive priorities (same first match)",
+                    )
+                )
 
     def deny_all(self, d: Direction, action: str, name: str) -> dict[str, Any]:
         if d is Direction.INGRESS:
@@ -804,51 +1184,53 @@ class _KubernetesRenderer:
             "to": [{"namespaces": {}}, {"networks": [str(EVERY_V4), str(EVERY_V6)]}],
         }
 
-    def anp_tier_default(self, rt: ResolvedTier, policies: Sequence[ResolvedPolicyRules]) -> None:
+    def anp_tier_default(
+        self,
+        rt: ResolvedTier,
+        policies: Sequence[ResolvedPolicyRules],
+        passes: dict[Direction, list[_Pass]],
+    ) -> None:
         """A deny-default tier: per policy, Deny everything for its subjects in the directions
-        it has rules for; selective workloads get Allow instead (a default deny is not
-        enforced on them, and it ends the evaluation)."""
+        it has rules for, minus what the tier's passes hand on; selective workloads get Allow
+        instead (a default deny is not enforced on them, and it ends the evaluation)."""
         t = rt.tier
         ingress_covered = False
+        everything = Match((ScopedSelector(),), _EVERY_NET, None)
+        excluded = [*self.unenforced, *self.selective]
         for rp in policies:
             dirs = [d for d in Direction if rp.rules(d) is not None]
             if not dirs:
                 continue
             ingress_covered = ingress_covered or Direction.INGRESS in dirs
-            source = f"tier/{t.name}"
-            terms = self.subjects(f"policy/{rp.name}", rp.policy.applies_to)
-            selective = [
-                w.name
-                for w in self.repo.workloads
-                if w.name in self.selective and rp.policy.applies_to.matches(w.labels)
-            ]
-            for ti, term in enumerate(terms):
-                suffix = f"-{ti}" if len(terms) > 1 else ""
-                rule_name = f"{t.name}/default-deny"
-                self.emit_anp(
-                    f"{self.s.name_prefix}-{t.name}-{rp.name}-default{suffix}",
-                    self.excluding(term, [*self.unenforced, *self.selective]),
-                    [self.deny_all(d, "Deny", rule_name) for d in dirs if d is Direction.INGRESS],
-                    [self.deny_all(d, "Deny", rule_name) for d in dirs if d is Direction.EGRESS],
-                    source,
+            for action, suffix, rule_name in (
+                (Action.DENY, "default", f"{t.name}/default-deny"),
+                (Action.ALLOW, "default-selective", f"{t.name}/default-deny-not-enforced"),
+            ):
+                shape: Callable[[ScopedSelector], ScopedSelector]
+                if action is Action.ALLOW:
+                    selective = [
+                        w.name
+                        for w in self.repo.workloads
+                        if w.name in self.selective and rp.policy.applies_to.matches(w.labels)
+                    ]
+                    if not selective:
+                        continue
+                    shape = partial(self.only, names=selective)
+                else:
+                    shape = partial(self.excluding, names=excluded)
+                items = {
+                    d: [_Item(rule_name, f"tier/{t.name}", action, everything, tuple(passes[d]))]
+                    if d in dirs
+                    else []
+                    for d in Direction
+                }
+                self.emit_carved(
+                    f"{self.s.name_prefix}-{t.name}-{rp.name}-{suffix}",
+                    f"tier/{t.name}",
+                    rp,
+                    items,
+                    shape,
                 )
-                if selective:
-                    rule_name = f"{t.name}/default-deny-not-enforced"
-                    self.emit_anp(
-                        f"{self.s.name_prefix}-{t.name}-{rp.name}-default-selective{suffix}",
-                        self.only(term, selective),
-                        [
-                            self.deny_all(d, "Allow", rule_name)
-                            for d in dirs
-                            if d is Direction.INGRESS
-                        ],
-                        [
-                            self.deny_all(d, "Allow", rule_name)
-                            for d in dirs
-                            if d is Direction.EGRESS
-                        ],
-                        source,
-                    )
         if ingress_covered:
             self.limits.append(
                 Limitation(
@@ -856,6 +1238,7 @@ class _KubernetesRenderer:
                     "tier default deny does not cover ingress from outside the cluster",
                     Approximation.WIDENED,
                     "ANP ingress rules match pods only; such flows go on to NetworkPolicies",
+                    external=True,
                 )
             )
 
@@ -878,31 +1261,67 @@ class _KubernetesRenderer:
                 )
             if kept is not None and not kept:
                 continue
-            peers: AddressPeers
-            if not e.cidrs:
-                peers = AddressPeers(everything=True)
-            else:
-                bad = [n for n in self.inv.holders(e.cidrs) if label_value_problem(n)]
-                peers = AddressPeers(
-                    pods=self.inv.pods_by_name(
-                        n for n in self.inv.holders(e.cidrs) if n not in bad
-                    ),
-                    ranges=tuple((c, ()) for c in e.cidrs),
-                )
+            pods: tuple[ScopedSelector, ...] = (ScopedSelector(),)
+            nets = _EVERY_NET
+            if e.cidrs:
+                # A failsafe matches addresses: a workload holding one is rendered as a pod
+                # (every address of the pod), so a holder with addresses outside it gets more.
+                holders = self.inv.holders(e.cidrs)
+                bad = [n for n in holders if label_value_problem(n)]
+                partial = [n for n in holders if n not in bad and not self.inv.covered(n, e.cidrs)]
+                if bad:
+                    self.limits.append(
+                        Limitation(
+                            source,
+                            f"workloads {bad} cannot be named",
+                            Approximation.NARROWED,
+                            "their names are not valid label values",
+                            workloads=tuple(bad),
+                        )
+                    )
+                if partial:
+                    self.limits.append(
+                        Limitation(
+                            source,
+                            f"cidrs hold only some addresses of workloads {partial}",
+                            Approximation.WIDENED,
+                            "rendered as pod peers, which match every address of the pod",
+                            workloads=tuple(partial),
+                        )
+                    )
+                pods = self.inv.pods_by_name(n for n in holders if n not in bad)
+                nets = nets_of(AddressPeers(ranges=tuple((c, ()) for c in e.cidrs)))
+            m = Match(pods, nets, ports_of_services(kept))
             for d in Direction:
                 if e.direction is not None and e.direction is not d:
                     continue
-                out = self.anp_peers(source, d, Action.ALLOW, peers)
-                if not out:
-                    continue
-                entry: dict[str, Any] = {
-                    "name": f"failsafe/{i}",
-                    "action": "Allow",
-                    "from" if d is Direction.INGRESS else "to": out,
-                }
-                if kept:
-                    entry["ports"] = self.anp_ports(kept)
-                rendered[d].append(entry)
+                if d is Direction.INGRESS and self.external_ingress_in_network_policy:
+                    # External sources are decided by the default-deny-ingress
+                    # NetworkPolicies alone (ANP ingress never matches them): allow it there.
+                    self.failsafe_ingress.append((m.nets, m.services()))
+                elif d is Direction.INGRESS and e.cidrs:
+                    self.limits.append(
+                        Limitation(
+                            source,
+                            f"address ranges {[str(c) for c in e.cidrs][:8]} cannot be matched "
+                            "by an AdminNetworkPolicy ingress rule",
+                            Approximation.NARROWED,
+                            "ANP v1alpha1 ingress peers are namespaces and pods only",
+                            external=True,
+                        )
+                    )
+                elif d is Direction.INGRESS:
+                    self.limits.append(
+                        Limitation(
+                            source,
+                            "sources outside the cluster cannot be matched by an "
+                            "AdminNetworkPolicy ingress rule",
+                            Approximation.NARROWED,
+                            "ANP v1alpha1 ingress peers are namespaces and pods only",
+                            external=True,
+                        )
+                    )
+                rendered[d].extend(self.anp_entries(f"failsafe/{i}", Action.ALLOW, d, m))
         if rendered[Direction.INGRESS] or rendered[Direction.EGRESS]:
             self.emit_anp(
                 f"{self.s.name_prefix}-failsafe",
@@ -1025,9 +1444,22 @@ class _KubernetesRenderer:
                     "repository default deny does not cover ingress from outside the cluster",
                     Approximation.WIDENED,
                     "BaselineAdminNetworkPolicy ingress peers are pods only",
+                    external=True,
                 )
             )
             return
+        spec: dict[str, Any] = {
+            "podSelector": subject.pods.to_manifest(),
+            "policyTypes": ["Ingress"],
+        }
+        failsafe: list[dict[str, Any]] = []
+        for nets, services in self.failsafe_ingress:
+            entry: dict[str, Any] = {"from": [_ip_block(c, ()) for c in cidrs_of(nets)]}
+            if services is not None:
+                entry["ports"] = self.np_ports(services)
+            failsafe.append(entry)
+        if failsafe:
+            spec["ingress"] = failsafe
         for ns in sorted(self.inv.namespace_labels):
             self.nps.append(
                 {
@@ -1038,10 +1470,7 @@ class _KubernetesRenderer:
                         "namespace": ns,
                         "annotations": {"septum.io/source": "settings"},
                     },
-                    "spec": {
-                        "podSelector": subject.pods.to_manifest(),
-                        "policyTypes": ["Ingress"],
-                    },
+                    "spec": copy.deepcopy(spec),
                 }
             )
 
@@ -1147,10 +1576,7 @@ class _KubernetesRenderer:
         for rt, policies in live:
             if rt is np_tier:
                 continue
-            for rp in policies:
-                self.anp_policy(rp)
-            if rt.tier.default_action is TierDefault.DENY:
-                self.anp_tier_default(rt, policies)
+            self.anp_tier(rt, policies)
         if np_tier is not None:
             self.np_tier(np_tier, next(ps for rt, ps in live if rt is np_tier))
         self.repository_default()

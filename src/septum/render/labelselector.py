@@ -37,6 +37,12 @@ namespace label ``kubernetes.io/metadata.name``); both go to the ``namespaces`` 
 term, every other key to the ``pods`` part. A caller that has a single selector (Cilium) maps
 the scoped keys back into one selector with :meth:`ScopedSelector.merged`.
 
+**Algebra of unions of terms.** :func:`intersect_terms`, :func:`negate_terms` and
+:func:`subtract_terms` compute with unions of :class:`ScopedSelector` terms exactly (each
+requirement is negated by its complement: ``In``/``NotIn``, ``Exists``/``DoesNotExist``), with
+unsatisfiable terms dropped; the Kubernetes renderer uses them to compile Septum's ``pass``
+away. They give up (return None) past a term cap instead of growing without bound.
+
 Pure: no I/O. Cost: O(DNF size · terms' length); the DNF is capped at ``max_terms``.
 """
 
@@ -62,9 +68,12 @@ __all__ = [
     "Scope",
     "ScopedSelector",
     "SelectorTranslation",
+    "intersect_terms",
     "label_key_problem",
     "label_value_problem",
+    "negate_terms",
     "scoped_key",
+    "subtract_terms",
     "translate_selector",
 ]
 
@@ -487,3 +496,130 @@ def translate_selector(
 
 def _term_key(t: ScopedSelector) -> str:
     return repr((t.namespaces.to_manifest(), t.pods.to_manifest()))
+
+
+# ------------------------------------------------------------------- algebra of term unions
+
+
+def _selector_constraints(sel: LabelSelector, into: dict[str, _KeyConstraint]) -> None:
+    """Add ``sel``'s requirements to per-key constraints. Raises _Unsat."""
+    for k, v in sel.match_labels:
+        _constrain(into.setdefault(k, _KeyConstraint()), Op.IN, (v,))
+    for r in sel.match_expressions:
+        c = into.setdefault(r.key, _KeyConstraint())
+        if r.operator is Operator.IN:
+            _constrain(c, Op.IN, r.values)
+        elif r.operator is Operator.NOT_IN:
+            _constrain(c, Op.NOT_IN, r.values)
+        else:
+            want = r.operator is Operator.EXISTS
+            if c.present is not None and c.present is not want:
+                raise _Unsat
+            c.present = want
+
+
+def _conjunction(*selectors: LabelSelector) -> LabelSelector | None:
+    """The conjunction of ``selectors`` in normal form, or None when it selects nothing."""
+    per_key: dict[str, _KeyConstraint] = {}
+    labels: list[tuple[str, str]] = []
+    reqs: list[Requirement] = []
+    try:
+        for sel in selectors:
+            _selector_constraints(sel, per_key)
+        for key in sorted(per_key):
+            found_labels, found_reqs = _requirements(key, per_key[key])
+            labels.extend(found_labels)
+            reqs.extend(found_reqs)
+    except _Unsat:
+        return None
+    return LabelSelector(tuple(sorted(labels)), _sorted_requirements(reqs))
+
+
+def _intersect_term(a: ScopedSelector, b: ScopedSelector) -> ScopedSelector | None:
+    ns = _conjunction(a.namespaces, b.namespaces)
+    pods = _conjunction(a.pods, b.pods)
+    if ns is None or pods is None:
+        return None
+    return ScopedSelector(ns, pods)
+
+
+def _union(terms: Iterable[ScopedSelector]) -> tuple[ScopedSelector, ...]:
+    unique = tuple(sorted(dict.fromkeys(terms), key=_term_key))
+    if any(t.namespaces.empty and t.pods.empty for t in unique):
+        return (ScopedSelector(),)
+    return unique
+
+
+def intersect_terms(
+    a: Iterable[ScopedSelector], b: Iterable[ScopedSelector], cap: int = DEFAULT_MAX_TERMS
+) -> tuple[ScopedSelector, ...] | None:
+    """The union of terms selecting what both unions select (None past ``cap`` terms).
+    O(|a| · |b| · term size)."""
+    bs = tuple(b)
+    out: list[ScopedSelector] = []
+    for x in a:
+        for y in bs:
+            t = _intersect_term(x, y)
+            if t is not None:
+                out.append(t)
+                if len(out) > cap * cap:
+                    return None
+    found = _union(out)
+    return None if len(found) > cap else found
+
+
+def _negated(r: Requirement) -> Requirement:
+    flip = {
+        Operator.IN: Operator.NOT_IN,
+        Operator.NOT_IN: Operator.IN,
+        Operator.EXISTS: Operator.DOES_NOT_EXIST,
+        Operator.DOES_NOT_EXIST: Operator.EXISTS,
+    }
+    return Requirement(r.key, flip[r.operator], r.values)
+
+
+def _negate_term(t: ScopedSelector) -> tuple[ScopedSelector, ...]:
+    """What ``t`` does not select, as a union of one-requirement terms (``()`` for the term
+    that selects everything)."""
+    out: list[ScopedSelector] = []
+    for part, sel in (("ns", t.namespaces), ("pods", t.pods)):
+        reqs = [
+            *(Requirement(k, Operator.IN, (v,)) for k, v in sel.match_labels),
+            *sel.match_expressions,
+        ]
+        for r in reqs:
+            one = LabelSelector().with_requirements((_negated(r),))
+            normal = _conjunction(one)
+            assert normal is not None
+            out.append(ScopedSelector(normal, LabelSelector()) if part == "ns"
+                       else ScopedSelector(LabelSelector(), normal))
+    return tuple(out)
+
+
+def negate_terms(
+    terms: Iterable[ScopedSelector], cap: int = DEFAULT_MAX_TERMS
+) -> tuple[ScopedSelector, ...] | None:
+    """The complement of a union of terms, as a union of terms (None past ``cap`` terms).
+    Exact: each requirement's complement is a requirement. O(product of the terms' sizes)."""
+    acc: tuple[ScopedSelector, ...] = (ScopedSelector(),)
+    for t in terms:
+        found = intersect_terms(acc, _negate_term(t), cap)
+        if found is None:
+            return None
+        acc = found
+        if not acc:
+            break
+    return acc
+
+
+def subtract_terms(
+    a: Iterable[ScopedSelector], b: Iterable[ScopedSelector], cap: int = DEFAULT_MAX_TERMS
+) -> tuple[ScopedSelector, ...] | None:
+    """What ``a`` selects and ``b`` does not, as a union of terms (None past ``cap``)."""
+    a_terms = tuple(a)
+    if not a_terms:
+        return ()
+    negated = negate_terms(b, cap)
+    if negated is None:
+        return None
+    return intersect_terms(a_terms, negated, cap)

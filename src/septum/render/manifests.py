@@ -46,12 +46,21 @@ class Limitation:
 
     ``source`` names where it comes from (``policy/<name>``, ``policy/<name>/ingress/<i>``,
     ``workload/<name>``, ``tier/<name>``, ``settings``); ``what`` says what could not be
-    expressed; ``approximation`` how it was handled, explained in ``detail``."""
+    expressed; ``approximation`` how it was handled, explained in ``detail``.
+
+    The scope says whose traffic it may change (``septum render --verify`` accepts a
+    difference only where a limitation's scope reaches): the workloads ``source`` names (the
+    subjects of a policy, in the rule's direction; the policies of a tier; one workload;
+    ``settings`` reaches every workload), plus ``workloads`` named here (e.g. the peers a
+    rule could not name exactly). ``external``: it changes only traffic with addresses
+    outside every workload, never traffic between two workloads."""
 
     source: str
     what: str
     approximation: Approximation
     detail: str = ""
+    workloads: tuple[str, ...] = ()
+    external: bool = False
 
     def __str__(self) -> str:
         tail = f": {self.detail}" if self.detail else ""
