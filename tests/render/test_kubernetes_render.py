@@ -143,12 +143,9 @@ def test_security_tier_to_anp_app_tier_to_network_policy_default_to_banp() -> No
     }
     banp = _by(r, "BaselineAdminNetworkPolicy")["default"]
     assert banp["spec"]["egress"][0]["to"][1] == {"networks": ["0.0.0.0/0", "::/0"]}
+    # quarantine's deny of sources outside the cluster is exact: nothing allows them (the
+    # default-deny-ingress NetworkPolicies deny them), as in Septum.
     assert _limits(r) == {
-        (
-            "policy/quarantine/ingress/0",
-            "sources outside the cluster cannot be matched by an AdminNetworkPolicy ingress rule",
-            Approximation.WIDENED,
-        ),
         (
             "policy/web/egress/1",
             "services ['icmp'] have no Kubernetes port form",
@@ -434,4 +431,65 @@ def test_every_random_repository_renders_valid_deterministic_manifests(
     assert kinds == sorted(kinds)
     priorities = [m["spec"]["priority"] for m in out.manifests if m["kind"] == "AdminNetworkPolicy"]
     assert priorities == sorted(set(priorities))
+    assert validate_manifests(out.manifests) == []
+
+
+def test_external_allow_in_an_anp_tier_is_rendered_exactly_as_network_policy() -> None:
+    from septum.render.platforms import verify_rendering
+
+    r = repo(
+        tier("edge", 10),
+        tier("apps", 20),
+        workload("web-1", "198.18.0.1", app="web", namespace="shop", labels=SHOP),
+        workload("web-2", "198.18.0.3", app="web", quarantine="yes", namespace="shop", labels=SHOP),
+        workload("db-1", "198.18.0.2", app="db", namespace="shop", labels=SHOP),
+        network("internet", "0.0.0.0/0", excepts=["198.18.0.0/15"]),
+        policy(
+            "quarantine-self", "edge", order=1, applies_to="has(quarantine)", ingress=[rule("deny")]
+        ),
+        policy(
+            "web",
+            "edge",
+            order=2,
+            applies_to='app == "web"',
+            ingress=[
+                rule("deny", cidr("203.0.113.0/24")),
+                rule("allow", net("internet"), ports=["tcp/443"]),
+            ],
+        ),
+        policy(
+            "db",
+            "apps",
+            applies_to='app == "db"',
+            ingress=[rule("allow", 'app == "web"', ports=["tcp/5432"])],
+        ),
+    )
+    out = render_kubernetes(r, T0, KubernetesRenderSettings(include_inventory=True))
+    nps = _by(out, "NetworkPolicy")
+    external = [m for k, m in nps.items() if k.startswith("shop/septum-external-ingress")]
+    assert [m["spec"] for m in external] == [
+        {
+            "podSelector": {
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "quarantine", "operator": "DoesNotExist"}],
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "ipBlock": {
+                                "cidr": "0.0.0.0/0",
+                                "except": ["198.18.0.0/15", "203.0.113.0/24"],
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 443}],
+                }
+            ],
+        }
+    ]
+    assert not any(x.external for x in out.limitations)
+    check = verify_rendering(r, out, T0)
+    assert check.diff.empty, check.diff.lines()
     assert validate_manifests(out.manifests) == []

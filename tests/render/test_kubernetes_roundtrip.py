@@ -196,6 +196,8 @@ def test_examples_round_trip_between_workloads() -> None:
     rendering = render_target(model, "k8s", EXAMPLES_AT, inventory=True)
     check = verify_rendering(model, rendering, EXAMPLES_AT)
     assert _workload_pairs(check) == []
+    # External sources too: what the ANP tiers allow them is rendered as NetworkPolicies.
+    assert check.diff.empty, check.diff.lines()
     assert check.passed, check.summary()
     assert validate_manifests(rendering.manifests) == []
 

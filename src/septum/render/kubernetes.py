@@ -13,6 +13,8 @@
                                             deny once selected)
       repository default deny ──────────► BANP "default" (deny all) + per-namespace
                                             default-deny-ingress NetworkPolicy
+      sources outside the cluster ──────► per cell of pods, NetworkPolicies "external-ingress"
+        that the ANP tiers allow at ingress      (ipBlocks with excepts; see below)
     then the inventory (Namespaces, Pods) when asked.
 
 Why every tier but the last may be an ANP: ANPs are first-match across priorities with
@@ -33,13 +35,27 @@ R's policy's subjects, R's policy is rendered per subject cell (inside P's subje
 outside: whole), the cells being disjoint so first-match order holds in each. Past the term
 caps the cut is given up and reported (DROPPED) against the pass rule.
 
+**Sources outside the cluster at ingress.** ANP (and BANP) ingress peers are pods only
+(v1alpha1), so such sources never match an ANP and are decided by NetworkPolicies alone. With
+the repository default deny (default-deny-ingress NetworkPolicies select every enforced pod),
+the ANP tiers' decision on them is worked out by the same cutting over the ordered tiers
+(``external_decisions``): in each tier the first rule with an address peer (cidr, network,
+users, ``all()``, no peers) decides, pass goes on, then the tier default when a policy of the
+tier applies; pod peers never match such sources, so only the policies with address peers
+(and, for a deny default, whether any policy applies) split the pods into cells. What a cell
+is allowed becomes an "external-ingress" NetworkPolicy (ipBlocks, ports); everything else stays
+denied by the default-deny-ingress ones. That is exact, and the ANP-ingress limitations are not
+reported, except for the denies when a selective workload (in no NetworkPolicy) or the
+NetworkPolicy tier's own ipBlocks could allow what an ANP tier denies; past the caps, with
+inexact subjects or with some portless protocols only, nothing is emitted and they stay.
+
 What Kubernetes cannot say is reported as a :class:`~septum.render.manifests.Limitation`
 (never dropped in silence): ANP ingress has no CIDR peers (v1alpha1), so sources outside the
-cluster can only be allowed or denied by NetworkPolicy; ipBlocks never select pods, so a CIDR
-peer that also matches managed workloads (``cidrMatchesWorkloads``) is rendered with pod peers
-for the workloads holding addresses in it at ``at``; icmp has no port form; log rules, staged
-policies and rule expiry have no Kubernetes form; modes other than enforced are rendered by
-keeping the workloads out of the subjects that would enforce a deny.
+cluster can only be allowed or denied by NetworkPolicy (above); ipBlocks never select pods,
+so a CIDR peer that also matches managed workloads (``cidrMatchesWorkloads``) is rendered with
+pod peers for the workloads holding addresses in it at ``at``; icmp has no port form; log
+rules, staged policies and rule expiry have no Kubernetes form; modes other than enforced are
+rendered by keeping the workloads out of the subjects that would enforce a deny.
 
 Pure: no I/O. Cost: O(resolve) + O(policies · rules · peers · DNF terms + namespaces).
 """
@@ -381,6 +397,84 @@ class Match:
         return [m for m in out if not m.empty]
 
 
+# ---------------------------------------------------------------------------- external boxes
+
+#: Every protocol without ports (icmp, ...), as one pseudo port interval of a :data:`Box`.
+_PORTLESS = (Protocol.ICMP, 0, 0)
+_EVERY_SERVICE: Ports = tuple(_normal_intervals((*_EVERY_PORT, _PORTLESS)))
+#: Sources outside the cluster on some services: (address intervals, port intervals where
+#: ``_PORTLESS`` stands for every protocol without ports). Never empty in a box list.
+Box = tuple[Nets, Ports]
+#: Cap on the boxes one subject cell's external sources are described with.
+MAX_BOXES = 256
+
+
+def box_of(m: Match) -> Box:
+    """The sources outside the cluster a match matches (its address ranges, its ports)."""
+    return m.nets, (_EVERY_SERVICE if m.ports is None else m.ports)
+
+
+def _meet(xs: Sequence[tuple[Any, int, int]], ys: Sequence[tuple[Any, int, int]]) -> Any:
+    return tuple(_minus_intervals(xs, _minus_intervals(xs, ys)))
+
+
+def box_and(a: Box, b: Box) -> Box | None:
+    nets, ports = _meet(a[0], b[0]), _meet(a[1], b[1])
+    return (nets, ports) if nets and ports else None
+
+
+def box_minus(a: Box, b: Box) -> list[Box]:
+    """``a`` minus ``b`` as disjoint boxes: (addresses outside b's, a's ports) ∪ (addresses
+    inside b's, a's ports outside b's)."""
+    if box_and(a, b) is None:
+        return [a]
+    out: list[Box] = []
+    outside = tuple(_minus_intervals(a[0], b[0]))
+    if outside:
+        out.append((outside, a[1]))
+    ports = tuple(_minus_intervals(a[1], b[1]))
+    if ports:
+        out.append((_meet(a[0], b[0]), ports))
+    return out
+
+
+def boxes_minus(xs: Sequence[Box], b: Box) -> list[Box]:
+    return [piece for x in xs for piece in box_minus(x, b)]
+
+
+def boxes_and(xs: Sequence[Box], b: Box) -> list[Box]:
+    return [m for x in xs if (m := box_and(x, b)) is not None]
+
+
+def _box_key(xs: Iterable[Box]) -> tuple[Box, ...]:
+    return tuple(sorted(set(xs), key=str))
+
+
+def ip_blocks(nets: Nets) -> list[Block]:
+    """Address intervals as few ipBlocks: per IP family, the CIDRs covering them, or their
+    smallest common supernet with the gaps as excepts when that is shorter."""
+    out: list[Block] = []
+    for version in (4, 6):
+        mine = tuple(n for n in nets if n[0] == version)
+        if not mine:
+            continue
+        plain = cidrs_of(mine)
+        bits = 32 if version == 4 else 128
+        first, last = mine[0][1], mine[-1][2]
+        prefix = bits - (first ^ last).bit_length()
+        start = first >> (bits - prefix) << (bits - prefix) if prefix else 0
+        end = start + (1 << (bits - prefix)) - 1
+        span: IPNetwork = (
+            IPv4Network((start, prefix)) if version == 4 else IPv6Network((start, prefix))
+        )
+        holes = cidrs_of(tuple(_minus_intervals([(version, start, end)], mine)))
+        if holes and 1 + len(holes) < len(plain):
+            out.append((span, tuple(holes)))
+        else:
+            out.extend((c, ()) for c in plain)
+    return out
+
+
 # ---------------------------------------------------------------------------- inventory facts
 
 
@@ -704,6 +798,15 @@ class _Item:
     passes: tuple[_Pass, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _ExternalPolicy:
+    """An ANP-tier policy with ingress rules: its rendered ingress matches, in order (log
+    rules and rules with nothing left to render are not there)."""
+
+    rp: ResolvedPolicyRules
+    rules: list[tuple[Action, Match]]
+
+
 class _KubernetesRenderer:
     """One rendering: collects manifests and limitations. Not reused across calls."""
 
@@ -722,6 +825,11 @@ class _KubernetesRenderer:
             and settings.default_deny_external_ingress
         )
         self.failsafe_ingress: list[tuple[Nets, tuple[ServicePort, ...] | None]] = []
+        # Ingress from outside the cluster, decided by the ANP tiers (see external_ingress):
+        # per ANP tier, its default and its ingress policies (subject, (action, match)...).
+        self.external_tiers: list[tuple[ResolvedTier, list[_ExternalPolicy]]] = []
+        self.external_limits: list[Limitation] = []  # said only while not rendered exactly
+        self.np_tier_external = False  # the NetworkPolicy tier allows some external source
         self.names: set[str] = set()
         self._translations: dict[tuple[str, Bias], SelectorTranslation] = {}
         modes = {w.name: w.mode for w in repo.workloads}
@@ -922,15 +1030,15 @@ class _KubernetesRenderer:
                 if found.everything
                 else f"address ranges {[str(r) for r in cidrs_of(nets)][:8]}"
             )
-            self.limits.append(
-                Limitation(
-                    source,
-                    f"{what} cannot be matched by an AdminNetworkPolicy ingress rule",
-                    loss(rule.action, True),
-                    "ANP v1alpha1 ingress peers are namespaces and pods only",
-                    external=True,
-                )
+            limit = Limitation(
+                source,
+                f"{what} cannot be matched by an AdminNetworkPolicy ingress rule",
+                loss(rule.action, True),
+                "ANP v1alpha1 ingress peers are namespaces and pods only",
+                external=True,
             )
+            self.limits.append(limit)
+            self.external_limits.append(limit)
         m = Match(pods, nets, ports_of_services(services))
         return None if m.empty else m
 
@@ -1012,12 +1120,18 @@ class _KubernetesRenderer:
         policy's subjects, that policy is rendered per subject cell (inside / outside)."""
         passes: dict[Direction, list[_Pass]] = {d: [] for d in Direction}
         plans: list[tuple[ResolvedPolicyRules, dict[Direction, list[_Item]]]] = []
+        external: list[_ExternalPolicy] = []
         for rp in policies:
             items: dict[Direction, list[_Item]] = {d: [] for d in Direction}
+            seen: list[tuple[Action, Match]] = []
+            if rp.rules(Direction.INGRESS) is not None:
+                external.append(_ExternalPolicy(rp, seen))
             for d in Direction:
                 for rule in rp.rules(d) or ():
                     if rule.action is Action.PASS:
                         m = self.rule_match(rp.name, d, rule, Bias.SUBSET)
+                        if m is not None and d is Direction.INGRESS:
+                            seen.append((rule.action, m))
                         if m is not None:
                             subject = self.subjects(f"policy/{rp.name}", rp.policy.applies_to)
                             passes[d].append(
@@ -1026,11 +1140,14 @@ class _KubernetesRenderer:
                         continue
                     bias = Bias.SUPERSET if rule.action is Action.DENY else Bias.SUBSET
                     m = self.rule_match(rp.name, d, rule, bias)
+                    if m is not None and d is Direction.INGRESS:
+                        seen.append((rule.action, m))
                     if m is not None:
                         name = f"{rp.name}/{d.value}/{rule.index}"
                         source = rule_source(rp.name, d, rule)
                         items[d].append(_Item(name, source, rule.action, m, tuple(passes[d])))
             plans.append((rp, items))
+        self.external_tiers.append((rt, external))
         unenforced = list(self.unenforced)
         for rp, items in plans:
             self.emit_carved(
@@ -1232,15 +1349,15 @@ class _KubernetesRenderer:
                     shape,
                 )
         if ingress_covered:
-            self.limits.append(
-                Limitation(
-                    f"tier/{t.name}",
-                    "tier default deny does not cover ingress from outside the cluster",
-                    Approximation.WIDENED,
-                    "ANP ingress rules match pods only; such flows go on to NetworkPolicies",
-                    external=True,
-                )
+            limit = Limitation(
+                f"tier/{t.name}",
+                "tier default deny does not cover ingress from outside the cluster",
+                Approximation.WIDENED,
+                "ANP ingress rules match pods only; such flows go on to NetworkPolicies",
+                external=True,
             )
+            self.limits.append(limit)
+            self.external_limits.append(limit)
 
     def failsafe(self) -> None:
         entries = self.repo.settings.failsafe
@@ -1358,6 +1475,8 @@ class _KubernetesRenderer:
         if ports is False:
             return None
         found = self.peers(source, rule, Bias.SUBSET)
+        if direction is Direction.INGRESS and (found.everything or found.ranges):
+            self.np_tier_external = True
         entry: dict[str, Any] = {}
         if not found.everything:
             if found.empty:
@@ -1415,6 +1534,145 @@ class _KubernetesRenderer:
                             "spec": spec,
                         }
                     )
+
+    # -------------------------------------------------------------- external ingress
+
+    def external_decisions(
+        self,
+    ) -> list[tuple[tuple[ScopedSelector, ...], list[Box]]] | None:
+        """Per disjoint cell of pods, the sources outside the cluster (and services) that
+        the ANP tiers allow at ingress, by Septum's walk: in each tier, the first rule with
+        an address peer (``all()``, no peers, cidr, network, users) that matches decides;
+        allow and deny are final, pass goes on to the next tier; none: the tier default when
+        one of its policies applies, else the next tier. Pod peers never match such sources,
+        so only the policies with address peers (and, for a deny default, whether any
+        policy applies) split the cells. None past the caps or with inexact subjects."""
+        cap = self.s.max_selector_terms
+        every: Box = (_EVERY_NET, _EVERY_SERVICE)
+        # (cell, still undecided, allowed)
+        cells: list[tuple[tuple[ScopedSelector, ...], list[Box], list[Box]]] = [
+            ((ScopedSelector(),), [every], [])
+        ]
+        for rt, policies in self.external_tiers:
+            for ep in policies:
+                if not self.translate(ep.rp.policy.applies_to, Bias.SUPERSET).exact:
+                    return None
+            subject = {
+                ep.rp.name: self.translate(ep.rp.policy.applies_to, Bias.SUPERSET).terms
+                for ep in policies
+            }
+            deciding = [ep for ep in policies if any(m.nets for _, m in ep.rules)]
+            splits = {ep.rp.name: subject[ep.rp.name] for ep in deciding}
+            default_deny = rt.tier.default_action is TierDefault.DENY and bool(policies)
+            if default_deny:
+                splits["\0any"] = tuple(t for ep in policies for t in subject[ep.rp.name])
+            nxt: list[tuple[tuple[ScopedSelector, ...], list[Box], list[Box]]] = []
+            for terms, undecided, allowed in cells:
+                if not undecided:
+                    nxt.append((terms, undecided, allowed))
+                    continue
+                found = self.cells(terms, splits)
+                if found is None:
+                    return None
+                for found_cell, inside in found:
+                    cell = _pruned(found_cell)
+                    left, mine, passed = list(undecided), list(allowed), []
+                    for ep in deciding:
+                        if ep.rp.name not in inside:
+                            continue
+                        for action, m in ep.rules:
+                            box = box_of(m)
+                            hit = boxes_and(left, box)
+                            if action is Action.ALLOW:
+                                mine.extend(hit)
+                            elif action is Action.PASS:
+                                passed.extend(hit)
+                            left = boxes_minus(left, box)
+                            if len(left) + len(mine) + len(passed) > MAX_BOXES:
+                                return None
+                    if not (default_deny and "\0any" in inside):
+                        passed.extend(left)  # tier default pass, or no policy applies
+                    nxt.append((cell, passed, mine))
+            # Cells that end the same way are one cell; cells with nothing allowed and nothing
+            # left to decide need no NetworkPolicy (the default-deny-ingress ones deny).
+            merged: dict[tuple[tuple[Box, ...], tuple[Box, ...]], list[ScopedSelector]] = {}
+            for terms, undecided, allowed in nxt:
+                if undecided or allowed:
+                    key = (_box_key(undecided), _box_key(allowed))
+                    merged.setdefault(key, []).extend(terms)
+            cells = [(_pruned(terms), list(u), list(a)) for (u, a), terms in merged.items()]
+            if len(cells) > MAX_PIECES or any(len(t) > cap for t, _, _ in cells):
+                return None
+        return [(terms, allowed) for terms, _, allowed in cells if allowed]
+
+    def external_ingress(self) -> None:
+        """NetworkPolicies allowing, per cell of pods, the sources outside the cluster that
+        the ANP tiers allow (ANP ingress cannot match them; see external_decisions). They
+        are selected by the default-deny-ingress NetworkPolicies, so what the ANP tiers deny
+        or pass on stays denied unless the NetworkPolicy tier or the failsafe allows it."""
+        if not self.external_ingress_in_network_policy or not self.external_tiers:
+            return
+        decided = self.external_decisions()
+        if decided is None:
+            return
+        excluded = _not_in(NAME_LABEL, [*self.unenforced, *self.selective])
+        rendered: list[tuple[tuple[ScopedSelector, ...], list[dict[str, Any]]]] = []
+        for terms, allowed in decided:
+            by_ports: dict[Ports, list[tuple[int, int, int]]] = defaultdict(list)
+            for nets, ports in allowed:
+                by_ports[ports].extend(nets)
+            entries: list[dict[str, Any]] = []
+            for ports, found in sorted(by_ports.items(), key=lambda x: str(x[0])):
+                entry: dict[str, Any] = {
+                    "from": [
+                        _ip_block(c, holes)
+                        for c, holes in ip_blocks(tuple(_normal_intervals(found)))
+                    ]
+                }
+                if ports != _EVERY_SERVICE:
+                    if _PORTLESS in ports:
+                        return  # some protocols without ports only: no NetworkPolicy form
+                    entry["ports"] = self.np_ports(
+                        tuple(ServicePort(p, PortRange(a, b)) for p, a, b in ports)
+                    )
+                entries.append(entry)
+            rendered.append((terms, entries))
+        for k, (terms, entries) in enumerate(rendered):
+            for ti, term in enumerate(terms):
+                for ns, ns_labels in sorted(self.inv.namespace_labels.items()):
+                    if not term.namespaces.matches(ns_labels):
+                        continue
+                    suffix = f"-{k}" + (f"-{ti}" if len(terms) > 1 else "")
+                    self.nps.append(
+                        {
+                            "apiVersion": NP_API_VERSION,
+                            "kind": "NetworkPolicy",
+                            "metadata": {
+                                "name": dns_label(
+                                    f"{self.s.name_prefix}-external-ingress{suffix}", 253
+                                ),
+                                "namespace": ns,
+                                "annotations": {"septum.io/source": "tiers"},
+                            },
+                            "spec": {
+                                "podSelector": term.pods.with_requirements(
+                                    excluded
+                                ).to_manifest(),
+                                "policyTypes": ["Ingress"],
+                                "ingress": copy.deepcopy(entries),
+                            },
+                        }
+                    )
+        # Exact now: the allows the ANP tiers give such sources are rendered. What they deny
+        # is denied by the default-deny-ingress NetworkPolicies, unless a selective workload
+        # (in no NetworkPolicy) or the NetworkPolicy tier allows it.
+        exact_denies = not self.selective and not self.np_tier_external
+        dropped = {
+            x
+            for x in self.external_limits
+            if x.approximation is Approximation.NARROWED or exact_denies
+        }
+        self.limits = [x for x in self.limits if x not in dropped]
 
     # -------------------------------------------------------------- repository default
 
@@ -1579,6 +1837,7 @@ class _KubernetesRenderer:
             self.anp_tier(rt, policies)
         if np_tier is not None:
             self.np_tier(np_tier, next(ps for rt, ps in live if rt is np_tier))
+        self.external_ingress()
         self.repository_default()
         manifests: list[Manifest] = []
         if self.s.include_inventory:
@@ -1616,6 +1875,31 @@ def _ip_block(cidr: IPNetwork, holes: tuple[IPNetwork, ...]) -> dict[str, Any]:
     if holes:
         block["except"] = [str(h) for h in holes]
     return {"ipBlock": block}
+
+
+def _pruned(terms: Iterable[ScopedSelector]) -> tuple[ScopedSelector, ...]:
+    """A union of terms without the terms another one already selects (one term's
+    requirements include the other's: fewer requirements select more). O(terms²)."""
+
+    def parts(t: ScopedSelector) -> tuple[frozenset[Any], frozenset[Any]]:
+        return (
+            frozenset((*t.namespaces.match_labels, *t.namespaces.match_expressions)),
+            frozenset((*t.pods.match_labels, *t.pods.match_expressions)),
+        )
+
+    found = list(dict.fromkeys(terms))
+    sets = [parts(t) for t in found]
+    return tuple(
+        t
+        for i, t in enumerate(found)
+        if not any(
+            j != i
+            and sets[j][0] <= sets[i][0]
+            and sets[j][1] <= sets[i][1]
+            and (sets[j] != sets[i] or j < i)
+            for j in range(len(found))
+        )
+    )
 
 
 def _not_in(key: str, names: Sequence[str]) -> tuple[Requirement, ...]:
