@@ -50,6 +50,7 @@ from septum.model.resources import (
     TierDefault,
 )
 from septum.model.selector import Selector, parse_selector
+from septum.render.enforced import enforced_tiers
 from septum.render.kubernetes import (
     Inventory,
     dns_label,
@@ -67,8 +68,8 @@ from septum.render.labelselector import (
     Operator,
     Requirement,
     SelectorTranslation,
+    Translations,
     label_value_problem,
-    translate_selector,
 )
 from septum.render.manifests import Approximation, Limitation, Manifest, Rendering
 
@@ -159,23 +160,17 @@ class _CiliumRenderer:
             )
         self.unenforced = [n for n in self.unenforced if n not in bad]
         self.selective = [n for n in self.selective if n not in bad]
-        self._translations: dict[tuple[str, Bias], SelectorTranslation] = {}
+        self._translations = Translations(
+            self.inv.known_values if self.s.closed_world_patterns else None,
+            self.s.max_selector_terms,
+        )
         #: per direction, the subjects of deny-default tiers (flows there never go further)
         self.closed: dict[Direction, list[str]] = {}
 
     # ------------------------------------------------------------------ selectors
 
     def translate(self, selector: Selector, bias: Bias) -> SelectorTranslation:
-        key = (selector.text, bias)
-        found = self._translations.get(key)
-        if found is None:
-            found = self._translations[key] = translate_selector(
-                selector,
-                bias=bias,
-                known_values=self.inv.known_values if self.s.closed_world_patterns else None,
-                max_terms=self.s.max_selector_terms,
-            )
-        return found
+        return self._translations(selector, bias)
 
     def endpoint_selectors(
         self, source: str, selector: Selector, bias: Bias, exclude: Sequence[str]
@@ -336,23 +331,8 @@ class _CiliumRenderer:
     # ------------------------------------------------------------------ ordering
 
     def render(self) -> Rendering:
-        resolved = resolve_policy(self.repo, self.at)
-        tiers: list[tuple[ResolvedTier, list[ResolvedPolicyRules]]] = []
-        for rt in resolved.tiers:
-            kept = []
-            for rp in rt.policies:
-                if rp.staged:
-                    self.limits.append(
-                        Limitation(
-                            f"policy/{rp.name}",
-                            "staged policy",
-                            Approximation.REWRITTEN,
-                            "not rendered: staged policies are never enforced",
-                        )
-                    )
-                else:
-                    kept.append(rp)
-            tiers.append((rt, kept))
+        tiers, staged = enforced_tiers(resolve_policy(self.repo, self.at))
+        self.limits.extend(staged)
         for d in Direction:
             self.direction(d, tiers)
         self.repository_default(tiers)

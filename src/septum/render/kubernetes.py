@@ -94,6 +94,7 @@ from septum.model.resources import (
     Workload,
 )
 from septum.model.selector import Selector
+from septum.render.enforced import enforced_tiers
 from septum.render.labelselector import (
     DEFAULT_MAX_TERMS,
     NAMESPACE_LABEL_PREFIX,
@@ -104,11 +105,11 @@ from septum.render.labelselector import (
     Requirement,
     ScopedSelector,
     SelectorTranslation,
+    Translations,
     intersect_terms,
     label_key_problem,
     label_value_problem,
     subtract_terms,
-    translate_selector,
 )
 from septum.render.manifests import Approximation, Limitation, Manifest, Rendering
 
@@ -831,7 +832,10 @@ class _KubernetesRenderer:
         self.external_limits: list[Limitation] = []  # said only while not rendered exactly
         self.np_tier_external = False  # the NetworkPolicy tier allows some external source
         self.names: set[str] = set()
-        self._translations: dict[tuple[str, Bias], SelectorTranslation] = {}
+        self._translations = Translations(
+            self.inv.known_values if self.s.closed_world_patterns else None,
+            self.s.max_selector_terms,
+        )
         modes = {w.name: w.mode for w in repo.workloads}
         # Not subject to any rule: idle (unmanaged), visibility and test (never enforced).
         self.unenforced = sorted(
@@ -865,16 +869,7 @@ class _KubernetesRenderer:
     # -------------------------------------------------------------- selectors and peers
 
     def translate(self, selector: Selector, bias: Bias) -> SelectorTranslation:
-        key = (selector.text, bias)
-        found = self._translations.get(key)
-        if found is None:
-            found = self._translations[key] = translate_selector(
-                selector,
-                bias=bias,
-                known_values=self.inv.known_values if self.s.closed_world_patterns else None,
-                max_terms=self.s.max_selector_terms,
-            )
-        return found
+        return self._translations(selector, bias)
 
     def subjects(self, source: str, selector: Selector) -> tuple[ScopedSelector, ...]:
         t = self.translate(selector, Bias.SUPERSET)
@@ -1811,24 +1806,13 @@ class _KubernetesRenderer:
     # -------------------------------------------------------------- driver
 
     def render(self) -> Rendering:
-        resolved = resolve_policy(self.repo, self.at)
-        live: list[tuple[ResolvedTier, list[ResolvedPolicyRules]]] = []
-        for rt in resolved.tiers:
-            kept: list[ResolvedPolicyRules] = []
-            for rp in rt.policies:
-                if rp.staged:
-                    self.limits.append(
-                        Limitation(
-                            f"policy/{rp.name}",
-                            "staged policy",
-                            Approximation.REWRITTEN,
-                            "not rendered: staged policies are never enforced",
-                        )
-                    )
-                else:
-                    kept.append(rp)
-            if any(rp.ingress is not None or rp.egress is not None for rp in kept):
-                live.append((rt, kept))
+        tiers, staged = enforced_tiers(resolve_policy(self.repo, self.at))
+        self.limits.extend(staged)
+        live = [
+            (rt, kept)
+            for rt, kept in tiers
+            if any(rp.ingress is not None or rp.egress is not None for rp in kept)
+        ]
         np_tier = self.network_policy_tier(live)
         self.failsafe()
         for rt, policies in live:

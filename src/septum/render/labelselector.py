@@ -68,6 +68,7 @@ __all__ = [
     "Scope",
     "ScopedSelector",
     "SelectorTranslation",
+    "Translations",
     "intersect_terms",
     "label_key_problem",
     "label_value_problem",
@@ -623,3 +624,26 @@ def subtract_terms(
     if negated is None:
         return None
     return intersect_terms(a_terms, negated, cap)
+
+
+class Translations:
+    """Translations of one renderer's selectors, each made once per (selector, bias): a
+    renderer asks for the same appliesTo and peer selectors many times."""
+
+    def __init__(
+        self,
+        known_values: Callable[[str], Iterable[str]] | None,
+        max_terms: int = DEFAULT_MAX_TERMS,
+    ) -> None:
+        self._known_values = known_values
+        self._max_terms = max_terms
+        self._memo: dict[tuple[str, Bias], SelectorTranslation] = {}
+
+    def __call__(self, selector: Selector, bias: Bias) -> SelectorTranslation:
+        key = (selector.text, bias)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = translate_selector(
+                selector, bias=bias, known_values=self._known_values, max_terms=self._max_terms
+            )
+        return found
