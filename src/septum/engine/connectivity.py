@@ -148,6 +148,11 @@ class Connection:
     def describe(self) -> str:
         return _ALL if self.everything else format_ports(self.ports)
 
+
+def describe_ports(ports: PortSet, universe: PortSet) -> str:
+    """``All Connections`` for the whole universe, else :func:`format_ports`."""
+    return _ALL if ports == universe else format_ports(ports)
+
     def to_json(self) -> dict[str, object]:
         return {"src": str(self.source), "dst": str(self.target), "conn": self.describe()}
 
@@ -395,9 +400,6 @@ class ConnectivityMap:
     externals: Mapping[_ExternalKey, _Ranges]
     universe: PortSet
 
-    def describe(self, ports: PortSet) -> str:
-        return _ALL if ports == self.universe else format_ports(ports)
-
 
 def _normalize(pieces: Iterable[tuple[int, int, int, PortSet]]) -> _Ranges:
     """Cut overlapping (version, first, last, ports) pieces at every boundary, union the port
@@ -511,17 +513,6 @@ class PairChange:
     added: PortSet
     removed: PortSet
 
-    def to_json(self, universe: PortSet) -> dict[str, object]:
-        def text(ps: PortSet) -> str:
-            return _ALL if ps == universe else format_ports(ps)
-
-        return {
-            "src": self.source,
-            "dst": self.target,
-            "added": text(self.added) if self.added else "",
-            "removed": text(self.removed) if self.removed else "",
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class ConnectivityDiff:
@@ -538,13 +529,12 @@ class ConnectivityDiff:
         out = []
         for c in self.changes:
             if c.added:
-                out.append(f"+ {c.source} => {c.target} : {self._text(c.added)}")
+                out.append(f"+ {c.source} => {c.target} : "
+                           f"{describe_ports(c.added, self.universe)}")
             if c.removed:
-                out.append(f"- {c.source} => {c.target} : {self._text(c.removed)}")
+                out.append(f"- {c.source} => {c.target} : "
+                           f"{describe_ports(c.removed, self.universe)}")
         return out
-
-    def _text(self, ps: PortSet) -> str:
-        return _ALL if ps == self.universe else format_ports(ps)
 
 
 def _range_text(version: int, first: int, last: int) -> str:
@@ -653,26 +643,14 @@ def format_diff(diff: ConnectivityDiff, fmt: ReportFormat) -> str:
     rows: list[tuple[str, str, str]] = []
     for c in diff.changes:
         if c.added:
-            rows.append((c.source, c.target, f"added: {diff._text(c.added)}"))
+            rows.append((c.source, c.target, f"added: {describe_ports(c.added, diff.universe)}"))
         if c.removed:
-            rows.append((c.source, c.target, f"removed: {diff._text(c.removed)}"))
+            rows.append((c.source, c.target,
+                         f"removed: {describe_ports(c.removed, diff.universe)}"))
     return _format_rows(rows, fmt)
 
 
-def merge_maps(first: ConnectivityMap, second: ConnectivityMap) -> ConnectivityMap:
-    """Union of two reports (used to fold extra lines, e.g. ingress-controller exposure)."""
-    pairs = dict(first.pairs)
-    for k, v in second.pairs.items():
-        pairs[k] = port_set_union(pairs.get(k, ()), v)
-    externals: dict[_ExternalKey, list[tuple[int, int, int, PortSet]]] = defaultdict(list)
-    for m in (first, second):
-        for ek, r in m.externals.items():
-            externals[ek].extend(r)
-    return ConnectivityMap(pairs, {k: _normalize(v) for k, v in externals.items()},
-                           first.universe)
-
-
-__all__ += ["ConnectivityMap", "canonical", "format_diff", "intersect", "merge_maps",
+__all__ += ["ConnectivityMap", "canonical", "describe_ports", "format_diff", "intersect",
             "port_set_minus", "port_set_union"]
 
 

@@ -50,7 +50,7 @@ from septum.model.resources import (
     TierDefault,
 )
 from septum.model.selector import Selector, parse_selector
-from septum.render.enforced import enforced_tiers
+from septum.render.enforced import enforced_tiers, mode_exclusions
 from septum.render.kubernetes import (
     Inventory,
     dns_label,
@@ -134,32 +134,15 @@ class _CiliumRenderer:
             and any(w.mode is Mode.TEST for w in auditing)
         )
         unenforced_modes = (Mode.IDLE,) if self.audit else (Mode.IDLE, Mode.VISIBILITY, Mode.TEST)
-        self.unenforced = sorted(w.name for w in repo.workloads if w.mode in unenforced_modes)
-        self.selective = sorted(w.name for w in repo.workloads if w.mode is Mode.SELECTIVE)
-        for w in repo.workloads:
-            if w.mode in (Mode.TEST, Mode.VISIBILITY) and not self.audit:
-                self.limits.append(
-                    Limitation(
-                        f"workload/{w.name}",
-                        f"mode {w.mode.value}: would-be denies are not reported",
-                        Approximation.REWRITTEN,
-                        "left out of every policy subject (nothing enforced); Cilium's audit "
-                        "mode is per agent or per endpoint (`cilium-dbg endpoint config <id> "
-                        "PolicyAuditMode=Enabled`), and other workloads are enforced",
-                    )
-                )
-        bad = [n for n in (*self.unenforced, *self.selective) if label_value_problem(n)]
-        for n in bad:
-            self.limits.append(
-                Limitation(
-                    f"workload/{n}",
-                    "mode not rendered",
-                    Approximation.NARROWED,
-                    "its name is not a valid label value, so subjects cannot leave it out",
-                )
-            )
-        self.unenforced = [n for n in self.unenforced if n not in bad]
-        self.selective = [n for n in self.selective if n not in bad]
+        modes = mode_exclusions(
+            repo,
+            unenforced_modes,
+            "left out of every policy subject (nothing enforced); Cilium's audit "
+            "mode is per agent or per endpoint (`cilium-dbg endpoint config <id> "
+            "PolicyAuditMode=Enabled`), and other workloads are enforced",
+        )
+        self.unenforced, self.selective = modes.unenforced, modes.selective
+        self.limits.extend(modes.limitations)
         self._translations = Translations(
             self.inv.known_values if self.s.closed_world_patterns else None,
             self.s.max_selector_terms,

@@ -94,7 +94,7 @@ from septum.model.resources import (
     Workload,
 )
 from septum.model.selector import Selector
-from septum.render.enforced import enforced_tiers
+from septum.render.enforced import enforced_tiers, mode_exclusions
 from septum.render.labelselector import (
     DEFAULT_MAX_TERMS,
     NAMESPACE_LABEL_PREFIX,
@@ -836,35 +836,15 @@ class _KubernetesRenderer:
             self.inv.known_values if self.s.closed_world_patterns else None,
             self.s.max_selector_terms,
         )
-        modes = {w.name: w.mode for w in repo.workloads}
         # Not subject to any rule: idle (unmanaged), visibility and test (never enforced).
-        self.unenforced = sorted(
-            n for n, m in modes.items() if m in (Mode.IDLE, Mode.VISIBILITY, Mode.TEST)
+        modes = mode_exclusions(
+            repo,
+            (Mode.IDLE, Mode.VISIBILITY, Mode.TEST),
+            "left out of every policy subject, so nothing is enforced for it "
+            "(Kubernetes has no audit mode)",
         )
-        self.selective = sorted(n for n, m in modes.items() if m is Mode.SELECTIVE)
-        for w in repo.workloads:
-            if w.mode in (Mode.VISIBILITY, Mode.TEST):
-                self.limits.append(
-                    Limitation(
-                        f"workload/{w.name}",
-                        f"mode {w.mode.value}: would-be denies are not reported",
-                        Approximation.REWRITTEN,
-                        "left out of every policy subject, so nothing is enforced for it "
-                        "(Kubernetes has no audit mode)",
-                    )
-                )
-        unnameable = [n for n in (*self.unenforced, *self.selective) if label_value_problem(n)]
-        for n in unnameable:
-            self.limits.append(
-                Limitation(
-                    f"workload/{n}",
-                    f"mode {modes[n].value} not rendered",
-                    Approximation.NARROWED,
-                    "its name is not a valid label value, so subjects cannot leave it out",
-                )
-            )
-        self.unenforced = [n for n in self.unenforced if n not in unnameable]
-        self.selective = [n for n in self.selective if n not in unnameable]
+        self.unenforced, self.selective = modes.unenforced, modes.selective
+        self.limits.extend(modes.limitations)
 
     # -------------------------------------------------------------- selectors and peers
 
@@ -982,17 +962,6 @@ class _KubernetesRenderer:
                 out.append({"portRange": {"protocol": proto, "start": first, "end": last}})
         return out
 
-    @staticmethod
-    def anp_pod_peer(term: ScopedSelector) -> dict[str, Any]:
-        if term.pods.empty:
-            return {"namespaces": term.namespaces.to_manifest()}
-        return {
-            "pods": {
-                "namespaceSelector": term.namespaces.to_manifest(),
-                "podSelector": term.pods.to_manifest(),
-            }
-        }
-
     def rule_match(
         self, policy: str, direction: Direction, rule: Rule, bias: Bias
     ) -> Match | None:
@@ -1042,7 +1011,7 @@ class _KubernetesRenderer:
     ) -> list[dict[str, Any]]:
         """ANP rules for one match (address ranges only on egress: ANP ingress peers are
         pods); split when it has more than ANP_MAX_PEERS peers (a union: same meaning)."""
-        peers: list[dict[str, Any]] = [self.anp_pod_peer(t) for t in m.pods]
+        peers: list[dict[str, Any]] = [_pods_or_namespaces(t) for t in m.pods]
         if direction is Direction.EGRESS and m.nets:
             texts = [str(c) for c in cidrs_of(m.nets)]
             for i in range(0, len(texts), ANP_MAX_NETWORKS):
@@ -1077,7 +1046,7 @@ class _KubernetesRenderer:
         egress: list[dict[str, Any]],
         source: str,
     ) -> None:
-        spec: dict[str, Any] = {"priority": self.priority, "subject": _subject(subject)}
+        spec: dict[str, Any] = {"priority": self.priority, "subject": _pods_or_namespaces(subject)}
         if ingress:
             spec["ingress"] = ingress
         if egress:
@@ -1684,7 +1653,7 @@ class _KubernetesRenderer:
                 "kind": "BaselineAdminNetworkPolicy",
                 "metadata": {"name": "default", "annotations": {"septum.io/source": "settings"}},
                 "spec": {
-                    "subject": _subject(subject),
+                    "subject": _pods_or_namespaces(subject),
                     "ingress": [self.deny_all(Direction.INGRESS, "Deny", "default-deny")],
                     "egress": [self.deny_all(Direction.EGRESS, "Deny", "default-deny")],
                 },
@@ -1890,7 +1859,9 @@ def _not_in(key: str, names: Sequence[str]) -> tuple[Requirement, ...]:
     return (Requirement(key, Operator.NOT_IN, tuple(sorted(names))),) if names else ()
 
 
-def _subject(term: ScopedSelector) -> dict[str, Any]:
+def _pods_or_namespaces(term: ScopedSelector) -> dict[str, Any]:
+    """An ANP subject or peer: ``namespaces`` when the term selects whole namespaces, else
+    ``pods`` (the two have the same shape in AdminNetworkPolicy)."""
     if term.pods.empty:
         return {"namespaces": term.namespaces.to_manifest()}
     return {

@@ -30,6 +30,7 @@ from septum.engine.connectivity import (
     ConnectivityDiff,
     analyze_connectivity,
     canonical,
+    describe_ports,
     diff_connectivity,
     without_addresses,
 )
@@ -169,7 +170,8 @@ class Verification:
                 else:
                     ok = bool(said)
                 if not ok:
-                    out.append(f"{sign} {c.source} => {c.target} : {self.diff._text(ports)}")
+                    text = describe_ports(ports, self.diff.universe)
+                    out.append(f"{sign} {c.source} => {c.target} : {text}")
         return out
 
     def unexplained(self) -> list[str]:
