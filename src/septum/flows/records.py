@@ -34,6 +34,7 @@ __all__ = [
     "STORED_SCHEMA",
     "Malformed",
     "Row",
+    "Skipped",
     "canonical_address",
     "protocol_text",
     "rows_to_batch",
@@ -98,6 +99,16 @@ class Malformed:
     """A line (or, for binary formats, a record or packet) that could not be read.
 
     ``line`` is 1-based in the input file (the packet number for pcap input)."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A well-formed line that is not a flow (a VPC ``NODATA`` record, a Hubble reply or
+    lost-events notice, a conntrack UPDATE event). Counted per ``reason`` in the import
+    report, never stored."""
 
     line: int
     reason: str

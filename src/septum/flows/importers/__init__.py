@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import BinaryIO, Protocol
 
 from septum.errors import SeptumError
-from septum.flows.records import Malformed, Row
+from septum.flows.records import Malformed, Row, Skipped
 
 __all__ = ["FlowImporter", "ImportFormatError", "ImportOptions", "importer_for", "FORMATS"]
 
@@ -60,8 +60,8 @@ class FlowImporter(Protocol):
 
     def read(
         self, stream: BinaryIO, origin: str, options: ImportOptions
-    ) -> Iterator[Row | Malformed]:
-        """Yield rows and malformed-line reports, streaming (bounded memory)."""
+    ) -> Iterator[Row | Malformed | Skipped]:
+        """Yield rows, malformed-line and skipped-line reports, streaming (bounded memory)."""
         ...
 
 
