@@ -71,13 +71,16 @@ class FlowGroup:
     bytes: int
     source_identity: Identity
     destination_identity: Identity
-    verdicts: Mapping[RecordedVerdict, int] = field(
-        default_factory=dict, compare=False, hash=False
-    )
+    verdicts: Mapping[RecordedVerdict, int] = field(default_factory=dict, compare=False, hash=False)
 
 
-_PROTOCOL_NUMBERS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP, 1: Protocol.ICMP,
-                     58: Protocol.ICMPV6}
+_PROTOCOL_NUMBERS = {
+    6: Protocol.TCP,
+    17: Protocol.UDP,
+    132: Protocol.SCTP,
+    1: Protocol.ICMP,
+    58: Protocol.ICMPV6,
+}
 _PROTOCOL_NAMES = {p.value: p for p in Protocol} | {"ipv6-icmp": Protocol.ICMPV6}
 
 

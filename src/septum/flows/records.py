@@ -84,8 +84,8 @@ ATTRIBUTION_FIELDS: tuple[str, ...] = (
     "destination_name",
 )
 STORED_SCHEMA = pa.schema(
-    [*RAW_SCHEMA]
-    + [
+    [
+        *RAW_SCHEMA,
         pa.field("source_kind", pa.string(), nullable=False),
         pa.field("source_name", pa.string(), nullable=True),
         pa.field("destination_kind", pa.string(), nullable=False),

@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol
 from septum.errors import SeptumError
 from septum.flows.records import Malformed, Row, Skipped
 
-__all__ = ["FlowImporter", "ImportFormatError", "ImportOptions", "importer_for", "FORMATS"]
+__all__ = ["FORMATS", "FlowImporter", "ImportFormatError", "ImportOptions", "importer_for"]
 
 
 class ImportFormatError(SeptumError):
