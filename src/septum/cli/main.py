@@ -617,5 +617,8 @@ def _nft_check(nft: str | None, script: str) -> str:
     return "ok" if done.returncode == 0 else done.stderr.strip().splitlines()[0][:80]
 
 
+# Visibility commands (flows, replay, map, recommend) use the plumbing above.
+import septum.cli.flows  # noqa: E402, F401
+
 if __name__ == "__main__":  # pragma: no cover
     app()
