@@ -82,8 +82,11 @@ def dependency_edges(repo: Repository, seed: int) -> pa.Table:
         labels = w.labels
         by[(labels["app"], labels["role"], labels["env"])].append(address)
         everyone.append((address, w))
-    api_port = {s.name[: -len("-api")]: s.ports[0].ports.first for s in repo.services
-                if s.name.endswith("-api")}
+    api_port = {
+        s.name[: -len("-api")]: s.ports[0].ports.first
+        for s in repo.services
+        if s.name.endswith("-api")
+    }
     src: list[str] = []
     dst: list[str] = []
     proto: list[str] = []
@@ -105,8 +108,13 @@ def dependency_edges(repo: Repository, seed: int) -> pa.Table:
             for target in rng.sample(by[(app, "api", env)], min(2, len(by[(app, "api", env)]))):
                 edge(address, target, "tcp", api_port.get(app, 8080), 20)
             for k in range(3):  # users of the corporate VPN pool
-                edge(f"198.19.{128 + rng.randrange(64)}.{rng.randrange(1, 255)}", address,
-                     "tcp", 443, 5)
+                edge(
+                    f"198.19.{128 + rng.randrange(64)}.{rng.randrange(1, 255)}",
+                    address,
+                    "tcp",
+                    443,
+                    5,
+                )
                 del k
         elif role == "api":
             for other, (proto_, number) in _ROLE_PORT.items():
@@ -122,8 +130,9 @@ def dependency_edges(repo: Repository, seed: int) -> pa.Table:
         a, _w = rng.choice(everyone)
         b, _v = rng.choice(everyone)
         edge(a, b, "tcp", rng.randrange(1, 65536), 1)
-    return pa.table({"source": src, "destination": dst, "protocol": proto, "port": port,
-                     "weight": weight})
+    return pa.table(
+        {"source": src, "destination": dst, "protocol": proto, "port": port, "weight": weight}
+    )
 
 
 def generate_flows(edges: pa.Table, n: int, seed: int, path: Path) -> None:
@@ -191,16 +200,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with gc_paused():
-            estate, t = _timed(lambda: generate_estate(args.seed, args.workloads, args.policies,
-                                                       max(1, args.workloads // 100)))
+            estate, t = _timed(
+                lambda: generate_estate(
+                    args.seed, args.workloads, args.policies, max(1, args.workloads // 100)
+                )
+            )
             edges = dependency_edges(estate, args.seed)
             raw = work / "flows.parquet"
             _, t_gen = _timed(lambda: generate_flows(edges, args.flows, args.seed, raw))
         cores = duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0]  # type: ignore[index]
         figures["cores"] = int(cores)
-        say(f"estate: {args.workloads:,} workloads, {len(estate.policies):,} policies "
+        say(
+            f"estate: {args.workloads:,} workloads, {len(estate.policies):,} policies "
             f"({t:.1f} s); {edges.num_rows:,} dependency edges; {args.flows:,} flows "
-            f"generated in {t_gen:.1f} s ({raw.stat().st_size / 1e6:.0f} MB Parquet)")
+            f"generated in {t_gen:.1f} s ({raw.stat().st_size / 1e6:.0f} MB Parquet)"
+        )
         say(f"DuckDB threads: {cores} (per-core figures divide by this)")
 
         store_dir = work / "store"
@@ -209,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         store.configure(StoreSettings(retention_days=None))
         now = DAY + timedelta(days=1)
         report, t_import = _timed(
-            lambda: store.import_file(raw, importer_for("parquet"), ImportOptions(now=now),
-                                      estate)
+            lambda: store.import_file(raw, importer_for("parquet"), ImportOptions(now=now), estate)
         )
         if not report.ok:
             print(f"import failed: {report.error}", file=sys.stderr)
@@ -218,16 +231,20 @@ def main(argv: list[str] | None = None) -> int:
         rate = report.stored / t_import
         figures["import_s"] = t_import
         figures["import_rate"] = rate
-        say(f"import (Parquet → attributed, hourly partitions): {t_import:.2f} s, "
+        say(
+            f"import (Parquet → attributed, hourly partitions): {t_import:.2f} s, "
             f"{rate / 1e6:.2f}M flows/s ({rate / figures['cores'] / 1e6:.2f}M per core); "
-            f"target >= 1M flows/s: {'met' if rate >= 1e6 else 'NOT met'}")
+            f"target >= 1M flows/s: {'met' if rate >= 1e6 else 'NOT met'}"
+        )
 
         kinds, t_attr = _timed(lambda: store.attribution_summary(raw, estate, now))
         attr_rate = args.flows / t_attr
         figures["attribution_rate"] = attr_rate
-        say(f"attribution alone: {t_attr:.2f} s, {attr_rate / 1e6:.2f}M flows/s "
+        say(
+            f"attribution alone: {t_attr:.2f} s, {attr_rate / 1e6:.2f}M flows/s "
             f"({attr_rate / figures['cores'] / 1e6:.2f}M per core); sources by kind: "
-            + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items()))
+        )
 
         files = [str(p) for p in store.files()]
         floor_con = duckdb.connect()
@@ -248,20 +265,24 @@ def main(argv: list[str] | None = None) -> int:
         best_agg = min(t for _, t in agg_times)
         ratio = best_agg / best_floor
         figures.update(floor_s=best_floor, aggregate_s=best_agg, aggregate_ratio=ratio)
-        say(f"aggregation by app,env: {best_agg:.2f} s ({agg_times[0][0]:,} edges); DuckDB "
+        say(
+            f"aggregation by app,env: {best_agg:.2f} s ({agg_times[0][0]:,} edges); DuckDB "
             f"floor (GROUP BY source_name, destination_name): {best_floor:.2f} s; ratio "
             f"{ratio:.2f}x; target <= 2x: {'met' if ratio <= 2 else 'NOT met'}; per core: "
             f"{args.flows / best_agg / figures['cores'] / 1e6:.2f}M flows/s vs floor "
-            f"{args.flows / best_floor / figures['cores'] / 1e6:.2f}M")
+            f"{args.flows / best_floor / figures['cores'] / 1e6:.2f}M"
+        )
 
         draft = _broken_draft(estate, args.seed, 20)
         with gc_paused():
             replayed, t_replay = _timed(lambda: replay_store(store, draft, estate))
         figures["replay_s"] = t_replay
-        say(f"replay of {replayed.records:,} flows ({replayed.groups:,} distinct) under a "
+        say(
+            f"replay of {replayed.records:,} flows ({replayed.groups:,} distinct) under a "
             f"draft without 20 app policies: {t_replay:.1f} s; newly denied "
             f"{replayed.newly_denied:,} records in {len(replayed.by_owner)} tier group(s); "
-            f"target <= 30 s: {'met' if t_replay <= 30 else 'NOT met'}")
+            f"target <= 30 s: {'met' if t_replay <= 30 else 'NOT met'}"
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -208,13 +208,13 @@ def test_malformed_and_skipped_lines_are_counted_with_line_numbers(tmp_path: Pat
     ]
 
 
-def test_partitions_by_hour_and_retention(tmp_path: Path) -> None:
+def test_partitions_by_day_and_retention(tmp_path: Path) -> None:
     store = FlowStore(tmp_path / "data")
-    store.configure(StoreSettings(retention_days=1))
+    store.configure(StoreSettings(retention_days=2))
     rows = [
         row(NOW - timedelta(days=3), "198.18.0.20", REUSED),  # past retention: not stored
+        row(DAY - timedelta(hours=22), "198.18.0.20", REUSED),
         row(DAY + timedelta(hours=2), "198.18.0.20", REUSED),
-        row(DAY + timedelta(hours=2, minutes=5), "198.18.0.20", REUSED),
         row(DAY + timedelta(hours=20), "198.18.0.20", REUSED),
     ]
     source = tmp_path / "in.txt"
@@ -226,12 +226,11 @@ def test_partitions_by_hour_and_retention(tmp_path: Path) -> None:
         three_holders(),  # type: ignore[arg-type]
     )
     assert (report.stored, report.expired) == (3, 1)
-    assert report.partitions == ["day=2026-11-24/hour=2", "day=2026-11-24/hour=20"]
-    # a day later, hour 2 of the 24th is out of the window, hour 20 not yet
-    later = NOW + timedelta(hours=2)
-    result = store.compact(later)
+    assert report.partitions == ["day=2026-11-23", "day=2026-11-24"]
+    # a day later, the 23rd is out of the window, the 24th not yet
+    result = store.compact(NOW + timedelta(days=1))
     assert result.expired_partitions == 1
-    assert sorted(store.partitions()) == ["day=2026-11-24/hour=20"]
+    assert sorted(store.partitions()) == ["day=2026-11-24"]
 
 
 def test_compaction_merges_files_and_keeps_every_row(tmp_path: Path) -> None:
@@ -251,7 +250,7 @@ def test_compaction_merges_files_and_keeps_every_row(tmp_path: Path) -> None:
     before = sorted(con.execute("SELECT * FROM flows").fetchall())
     con.close()
     assert len(store.files()) == 5
-    (store.flows_dir / "day=2026-11-24" / "hour=1" / "orphan.parquet").write_bytes(b"x")
+    (store.flows_dir / "day=2026-11-24" / "orphan.parquet").write_bytes(b"x")
     result = store.compact(NOW)
     assert (result.merged_partitions, result.files_before, result.files_after) == (1, 5, 1)
     assert result.orphans_removed == 1
@@ -332,10 +331,10 @@ def test_not_a_store_and_corrupt_settings(tmp_path: Path) -> None:
     root = tmp_path / "data"
     FlowStore(root)
     (root / "settings.json").write_text('{"retention_days": 0}')
-    with pytest.raises(StoreError, match="settings.json: retention_days"):
+    with pytest.raises(StoreError, match=r"settings\.json: retention_days"):
         FlowStore(root)
     (root / "settings.json").write_text('{"retention_days": ')
-    with pytest.raises(StoreError, match=r"settings.json:1:\d+"):
+    with pytest.raises(StoreError, match=r"settings\.json:1:\d+"):
         FlowStore(root)
     (root / "settings.json").write_text(json.dumps({"retention_days": None}))
     assert FlowStore(root).settings.retention_days is None

@@ -239,6 +239,7 @@ def query_command(
     """Aggregated edges of the stored flows: filter by selector, service, verdict, time
     window and rule; group by label keys."""
     from septum.engine.observed import RecordedVerdict
+    from septum.flows.analysis import repository_identities
     from septum.flows.query import EDGE_COLUMNS, FlowQuery, query_flows
     from septum.model.parse import parse_service_port
     from septum.model.selector import parse_selector
@@ -259,40 +260,58 @@ def query_command(
             since=window_time(since, now, "--since"),
             until=window_time(until, now, "--until"),
             rule=rule,
-            group_by=tuple(k.strip() for k in group_by.split(",") if k.strip())
-            if group_by
-            else (),
+            group_by=tuple(k.strip() for k in group_by.split(",") if k.strip()) if group_by else (),
             limit=limit,
         )
         store = _store(data, create=False)
-        identities = _identities(_load(repo)) if repo is not None else None
+        identities = repository_identities(_load(repo)) if repo is not None else None
         result = query_flows(store, query, identities)
     if fmt == "json":
-        _print_json(
-            {"records": result.records, "edges": result.edges, "rows": result.to_json()}
-        )
+        _print_json({"records": result.records, "edges": result.edges, "rows": result.to_json()})
         return
     if fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(EDGE_COLUMNS)
         for row in result.rows:
             writer.writerow(
-                [*row[:2], " ".join(row[2]), *row[3:7], row[7].isoformat(), row[8].isoformat(),
-                 *row[9:]]
+                [
+                    *row[:2],
+                    " ".join(row[2]),
+                    *row[3:7],
+                    row[7].isoformat(),
+                    row[8].isoformat(),
+                    *row[9:],
+                ]
             )
         return
     table = Table(
         title=f"{result.records:,} flow records, {result.edges:,} edges"
         + (f" (largest {len(result.rows)})" if len(result.rows) < result.edges else "")
     )
-    for column in ("source", "destination", "services", "records", "bytes", "allowed",
-                   "denied", "would-deny", "last seen"):
+    for column in (
+        "source",
+        "destination",
+        "services",
+        "records",
+        "bytes",
+        "allowed",
+        "denied",
+        "would-deny",
+        "last seen",
+    ):
         table.add_column(column, justify="right" if column in ("records", "bytes") else "left")
     for row in result.rows:
         services_text = ", ".join(row[2][:4]) + (f", +{len(row[2]) - 4}" if len(row[2]) > 4 else "")
         table.add_row(
-            row[0], row[1], services_text, f"{row[3]:,}", f"{row[6]:,}", f"{row[9]:,}",
-            f"{row[10]:,}", f"{row[11]:,}", row[8].isoformat(timespec="seconds"),
+            row[0],
+            row[1],
+            services_text,
+            f"{row[3]:,}",
+            f"{row[6]:,}",
+            f"{row[9]:,}",
+            f"{row[10]:,}",
+            f"{row[11]:,}",
+            row[8].isoformat(timespec="seconds"),
         )
     out.print(table)
 
@@ -304,20 +323,10 @@ def _service(text: str, parse: Any) -> Any:
         raise SeptumError(f"--service {text!r}: {e}") from None
 
 
-def _identities(model: Any) -> dict[tuple[str, str], dict[str, str]]:
-    found: dict[tuple[str, str], dict[str, str]] = {}
-    for w in model.workloads:
-        found[("workload", w.name)] = dict(w.labels)
-    for u in model.users:
-        found[("user", u.name)] = dict(u.labels)
-    for n in model.networks:
-        found[("network", n.name)] = dict(n.labels)
-    return found
-
-
 @flows_app.command("compact")
-def compact_command(data: DataOpt = Path("septum-data"), at: AtOpt = None,
-                    as_json: JsonOpt = False) -> None:
+def compact_command(
+    data: DataOpt = Path("septum-data"), at: AtOpt = None, as_json: JsonOpt = False
+) -> None:
     """Merge small files per partition, drop partitions past retention, remove orphans."""
     now = _now(at)
     with _reported(as_json):
@@ -421,9 +430,8 @@ def replay_command(
             until=window_time(until, now, "--until"),
             examples=examples,
         )
-    failing = (
-        (fail_on in ("newly-denied", "any") and report.newly_denied > 0)
-        or (fail_on in ("newly-allowed", "any") and report.newly_allowed > 0)
+    failing = (fail_on in ("newly-denied", "any") and report.newly_denied > 0) or (
+        fail_on in ("newly-allowed", "any") and report.newly_allowed > 0
     )
     if as_json:
         _print_json({**report.to_json(), "ok": not failing})
@@ -452,6 +460,73 @@ def replay_command(
                 out.print(f"    before: {j['before']}")
     if failing:
         raise typer.Exit(1)
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not keys:
+        _fail(f"--granularity {text!r}: expected label keys such as app,env")
+    return keys
+
+
+@app.command("map")
+def map_command(
+    repo: Annotated[
+        Path | None,
+        typer.Argument(help="Active repository (edges marked under it); none: recorded verdicts."),
+    ] = None,
+    flows: Annotated[
+        Path, typer.Option("--flows", envvar="SEPTUM_DATA", help="Data directory of the flows.")
+    ] = Path("septum-data"),
+    granularity: Annotated[
+        str, typer.Option("--granularity", help="Label keys of a node, e.g. app,env.")
+    ] = "app,env",
+    fmt: Annotated[str, typer.Option("--format", help="json, graphml, dot or svg.")] = "json",
+    output: Annotated[
+        Path | None, typer.Option("--out", help="Write here instead of standard output.")
+    ] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    at: AtOpt = None,
+) -> None:
+    """The application dependency graph of the recorded flows at a label granularity, each
+    edge marked allowed / denied / would-be-denied under the active policy."""
+    from septum.engine.depmap import MapOptions
+    from septum.flows.analysis import map_store
+    from septum.flows.graphviz import render_svg
+    from septum.render.graph import map_to_dot, map_to_graphml, map_to_json
+
+    if fmt not in ("json", "graphml", "dot", "svg"):
+        _fail(f"--format {fmt!r} is not one of json, graphml, dot, svg")
+    now = _now(at)
+    with _reported(False):
+        store = _store(flows, create=False)
+        active = _load(repo) if repo is not None else None
+        dependency_map = map_store(
+            store,
+            active,
+            MapOptions(granularity=_keys(granularity)),
+            since=window_time(since, now, "--since"),
+            until=window_time(until, now, "--until"),
+        )
+        if fmt == "json":
+            import json
+
+            text = json.dumps(map_to_json(dependency_map), indent=2) + "\n"
+        elif fmt == "graphml":
+            text = map_to_graphml(dependency_map)
+        else:
+            text = map_to_dot(dependency_map)
+            if fmt == "svg":
+                text = render_svg(text)
+        if output is not None:
+            output.write_text(text)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        err.print(
+            f"{len(dependency_map.nodes)} nodes, {len(dependency_map.edges)} edges → {output}"
+        )
 
 
 app.add_typer(flows_app, name="flows")

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from itertools import pairwise
 from dataclasses import dataclass, replace
 from datetime import datetime
+from itertools import pairwise
 
 from septum.engine.attribution import EndpointKind
 from septum.model.resources import AddressBinding, IPAddress, Repository

@@ -17,13 +17,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from septum.engine.depmap import DependencyMap, MapOptions, build_dependency_map
+from septum.engine.explain import Evaluator
 from septum.engine.observed import FlowGroup
 from septum.engine.ownership import OwnershipInterval, resolve_ownership, with_ownership
 from septum.engine.replay import ReplayReport, change_points, replay
 from septum.flows.store import FlowStore
 from septum.model.resources import Repository
 
-__all__ = ["load_groups", "rebind", "replay_store"]
+__all__ = ["load_groups", "map_store", "rebind", "replay_store", "repository_identities"]
+
+
+def repository_identities(repo: Repository) -> dict[tuple[str, str], dict[str, str]]:
+    """(kind, name) → labels of the repository's workloads, users and networks."""
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for w in repo.workloads:
+        found[("workload", w.name)] = dict(w.labels)
+    for u in repo.users:
+        found[("user", u.name)] = dict(u.labels)
+    for n in repo.networks:
+        found[("network", n.name)] = dict(n.labels)
+    return found
 
 
 def rebind(repo: Repository, history: Sequence[OwnershipInterval]) -> Repository:
@@ -41,7 +55,8 @@ def load_groups(
     until: datetime | None = None,
 ) -> tuple[list[FlowGroup], tuple[Repository, ...]]:
     """The store's flow groups, split wherever any of ``repos`` (rebound to the history)
-    can change meaning, and the rebound repositories, in the order given."""
+    can change meaning, and the rebound repositories, in the order given. Identities carry
+    the first repository's labels where it knows them, else those the store recorded."""
     history = store.history()
     rebound = tuple(rebind(r, history) for r in repos)
     points = [
@@ -49,7 +64,11 @@ def load_groups(
         for t in change_points(*rebound)
         if (since is None or t > since) and (until is None or t < until)
     ]
-    return store.groups(since=since, until=until, change_points=points), rebound
+    identities = store.identities()
+    if repos:
+        identities.update(repository_identities(repos[0]))
+    groups = store.groups(since=since, until=until, change_points=points, identities=identities)
+    return groups, rebound
 
 
 def replay_store(
@@ -68,3 +87,20 @@ def replay_store(
     return replay(
         rebound[0], groups, rebound[1] if against is not None else None, examples=examples
     )
+
+
+def map_store(
+    store: FlowStore,
+    active: Repository | None,
+    options: MapOptions,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> DependencyMap:
+    """The dependency map of the stored flows in [since, until), each edge marked under
+    ``active`` (or by the recorded verdicts when None) (``septum.engine.depmap``)."""
+    groups, rebound = load_groups(
+        store, [active] if active is not None else [], since=since, until=until
+    )
+    evaluator = Evaluator(rebound[0]) if active is not None else None
+    return build_dependency_map(groups, evaluator, options)

@@ -155,9 +155,7 @@ def query_flows(
             clauses.append("start < ?")
             params.append(query.until)
         if query.verdicts:
-            clauses.append(
-                "verdict IN (" + ", ".join(f"'{v.value}'" for v in query.verdicts) + ")"
-            )
+            clauses.append("verdict IN (" + ", ".join(f"'{v.value}'" for v in query.verdicts) + ")")
         if query.services:
             clauses.append(_service_clause(query.services))
         if query.rule:
@@ -208,9 +206,7 @@ def query_flows(
         ).fetchall()
     finally:
         con.close()
-    edges = [
-        (r[0], r[1], sorted(r[2], key=_service_order), *r[3:]) for r in rows
-    ]
+    edges = [(r[0], r[1], sorted(r[2], key=_service_order), *r[3:]) for r in rows]
     total = sum(int(r[3]) for r in edges)
     shown = edges[: query.limit] if query.limit is not None else edges
     return QueryResult(rows=shown, records=total, edges=len(edges))

@@ -1,11 +1,11 @@
-"""The flow store: Parquet files partitioned by hour in the data directory, queried with DuckDB.
+"""The flow store: Parquet files partitioned by day in the data directory, queried with DuckDB.
 
 Layout of a data directory::
 
     DATA/settings.json                      StoreSettings (retention, file sizes)
     DATA/lock                               writers hold an exclusive flock on it
     DATA/flows/_manifest.json               the committed files: the only ones readers see
-    DATA/flows/day=2026-11-25/hour=14/<import>-<n>.parquet   STORED_SCHEMA minus day/hour
+    DATA/flows/day=2026-11-25/<import>-<n>.parquet   STORED_SCHEMA (the day is the directory)
     DATA/flows/.staging/<import>/           work in progress of one import or compaction
     DATA/inventory/ownership.json           ownership history (record_inventory)
     DATA/inventory/identities.json          labels of every workload, user and network seen
@@ -87,7 +87,7 @@ class StoreError(SeptumError):
 class StoreSettings:
     """Typed settings of a data directory (``settings.json``).
 
-    ``retention_days``: partitions whose hour ended more than this many days before "now"
+    ``retention_days``: partitions whose day ended more than this many days before "now"
     are deleted by imports and compaction (None: keep forever). ``compact_min_files``: a
     partition with at least this many files is merged into one by ``compact``.
     """
@@ -380,9 +380,7 @@ class FlowStore:
                 shutil.rmtree(staging, ignore_errors=True)
         return report
 
-    def attribution_summary(
-        self, path: Path, repo: Repository, now: datetime
-    ) -> dict[str, int]:
+    def attribution_summary(self, path: Path, repo: Repository, now: datetime) -> dict[str, int]:
         """Attribute a Parquet flow file without storing it: rows per source kind. The
         attribution step of an import alone (the benchmark measures it this way)."""
         _, source = self._parquet_source(path)
@@ -487,7 +485,7 @@ class FlowStore:
             out = staging / "out"
             con.execute(
                 f"COPY ({_attribution_sql(source, where)}) TO {_sql_text(str(out))} "
-                "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day, hour), "
+                "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day), "
                 "FILENAME_PATTERN 'part-{i}')"
             )
             written: list[dict[str, Any]] = []
@@ -643,9 +641,6 @@ class FlowStore:
                 path.unlink()
                 removed += 1
         shutil.rmtree(self.flows_dir / ".staging", ignore_errors=True)
-        for directory in sorted(self.flows_dir.glob("day=*/hour=*"), reverse=True):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
         for directory in self.flows_dir.glob("day=*"):
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -660,7 +655,7 @@ class FlowStore:
         files = [str(p) for p in self.files()]
         if files:
             con.execute(
-                f"CREATE VIEW flows AS SELECT * EXCLUDE (day, hour) FROM read_parquet("
+                f"CREATE VIEW flows AS SELECT * EXCLUDE (day) FROM read_parquet("
                 f"{_sql_list(files)}, hive_partitioning = true, union_by_name = true)"
             )
         else:
@@ -787,10 +782,10 @@ def _time_filter(since: datetime | None, until: datetime | None) -> tuple[str, l
 
 
 def _partition_end(partition: str) -> datetime:
-    """``day=2026-11-25/hour=14`` → 2026-11-25T15:00Z (the end of that hour)."""
+    """``day=2026-11-25`` → 2026-11-26T00:00Z (the end of that day)."""
     parts = dict(p.split("=", 1) for p in partition.split("/"))
     day = datetime.fromisoformat(parts["day"]).replace(tzinfo=UTC)
-    return day + timedelta(hours=int(parts["hour"]) + 1)
+    return day + timedelta(days=1)
 
 
 def _sql_text(text: str) -> str:
@@ -824,7 +819,7 @@ _VALID_ROW = (
 
 def _attribution_sql(source: str, where: str) -> str:
     """The stored rows of ``source`` (raw rows), attributed with the ``own`` and ``nets``
-    tables, plus the ``day``/``hour`` partition columns."""
+    tables, plus the ``day`` partition column."""
     return f"""
         SELECT r.start, r."end", r.source, r.destination,
                CAST(coalesce(r.source_port, 0) AS INTEGER) AS source_port,
@@ -843,8 +838,7 @@ def _attribution_sql(source: str, where: str) -> str:
                     WHEN dn.name IS NOT NULL THEN 'network' ELSE 'unknown' END
                     AS destination_kind,
                coalesce(dw.owner, dn.name) AS destination_name,
-               strftime(r.start, '%Y-%m-%d') AS day,
-               hour(r.start) AS hour
+               strftime(r.start, '%Y-%m-%d') AS day
         FROM (SELECT * FROM {source} WHERE {where}) r
         LEFT JOIN own sw ON sw.address = r.source
              AND r.start >= sw.valid_from AND r.start < sw.valid_until
