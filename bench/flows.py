@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             f"target >= 1M flows/s: {'met' if rate >= 1e6 else 'NOT met'}"
         )
 
-        kinds, t_attr = _timed(lambda: store.attribution_summary(raw, estate, now))
+        kinds, t_attr = _timed(lambda: store.attribution_summary(raw, estate))
         attr_rate = args.flows / t_attr
         figures["attribution_rate"] = attr_rate
         say(

@@ -13,10 +13,14 @@ only changes a workload in visibility mode breaks nothing. Without ``against``, 
 what the reporter saw: records seen ``denied`` were denied, every other record (allowed,
 would-deny, logged, unknown: the flow happened) was allowed.
 
-Time matters twice: addresses change hands and rules expire. The store therefore splits
-groups at every :func:`change_points` instant, so one evaluation at a group's ``first_seen``
-holds for all its records. Cost: one ``explain`` per group and repository (memoized per side
-by the Evaluator), O(groups) otherwise.
+Time matters twice: addresses change hands and rules expire. The store's groups are per
+attributed identity (so they split where ownership changed) and split again at every rule
+expiry (:func:`change_points`), so one evaluation at a group's ``first_seen`` holds for all
+its records — provided the draft's inventory attributes as the store did; a draft that moves
+addresses is evaluated at each group's ``first_seen``.
+
+Cost: one ``explain`` per group and repository (memoized per side by the Evaluator),
+O(groups) otherwise.
 """
 
 from __future__ import annotations
@@ -116,17 +120,22 @@ class ReplayReport:
         }
 
 
-def change_points(*repos: Repository) -> tuple[datetime, ...]:
-    """Every instant at which the meaning of a flow can change under any of ``repos``: an
-    address binding or user session starting or ending, a rule expiring. Sorted, distinct."""
+def change_points(*repos: Repository, bindings: bool = True) -> tuple[datetime, ...]:
+    """Every instant at which the meaning of a flow can change under any of ``repos``: a
+    rule expiring and, with ``bindings``, an address binding or user session starting or
+    ending. Sorted, distinct.
+
+    The flow store groups by attributed identity as well, so a store's groups already change
+    where ownership changes; replay over a store needs only the rule expiries
+    (``bindings=False``)."""
     points: set[datetime] = set()
     for repo in repos:
-        for bindings in [w.addresses for w in repo.workloads] + [u.sessions for u in repo.users]:
-            for b in bindings:
-                if b.valid_from is not None:
-                    points.add(b.valid_from)
-                if b.valid_until is not None:
-                    points.add(b.valid_until)
+        held = [w.addresses for w in repo.workloads] + [u.sessions for u in repo.users]
+        for binding in (b for group in held for b in group) if bindings else ():
+            if binding.valid_from is not None:
+                points.add(binding.valid_from)
+            if binding.valid_until is not None:
+                points.add(binding.valid_until)
         for p in repo.policies:
             for d in Direction:
                 for r in p.rules(d) or ():

@@ -54,14 +54,15 @@ def load_groups(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> tuple[list[FlowGroup], tuple[Repository, ...]]:
-    """The store's flow groups, split wherever any of ``repos`` (rebound to the history)
-    can change meaning, and the rebound repositories, in the order given. Identities carry
+    """The store's flow groups, split at every rule expiry of ``repos`` (ownership changes
+    already split them: see ``engine.replay``), and the repositories rebound to the history,
+    in the order given. Identities carry
     the first repository's labels where it knows them, else those the store recorded."""
     history = store.history()
     rebound = tuple(rebind(r, history) for r in repos)
     points = [
         t
-        for t in change_points(*rebound)
+        for t in change_points(*rebound, bindings=False)
         if (since is None or t > since) and (until is None or t < until)
     ]
     identities = store.identities()

@@ -45,16 +45,17 @@ from typing import Any, BinaryIO
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from septum.engine.attribution import Attributor, EndpointKind
+from septum.engine.attribution import EndpointKind
 from septum.engine.observed import FlowGroup, Identity, RecordedVerdict, protocol_of
 from septum.engine.ownership import (
     OwnershipInterval,
     record_snapshot,
-    resolve_ownership,
 )
 from septum.errors import SeptumError
+from septum.flows.attribute import ATTRIBUTED_SCHEMA, KINDS, BatchAttributor
 from septum.flows.importers import FlowImporter, ImportFormatError, ImportOptions
 from septum.flows.records import (
     RAW_FIELDS,
@@ -362,14 +363,12 @@ class FlowStore:
         with self._locked():
             staging = self._staging()
             try:
-                raw = staging / "raw.parquet"
                 if importer.name == "parquet":
-                    report.rows, source = self._parquet_source(path)
+                    batches = _parquet_batches(path, report)
                 else:
-                    self._stage_rows(path, importer, options, raw, report, progress)
-                    source = f"read_parquet({_sql_text(str(raw))})"
+                    batches = self._parsed_batches(path, importer, options, report, progress)
                 self._record_inventory(repo, options.now)
-                self._attribute_and_commit(source, repo, options.now, staging, report)
+                self._attribute_and_commit(batches, repo, options.now, staging, report)
             except (SeptumError, OSError, duckdb.Error, pa.ArrowException) as e:
                 report.error = str(e)
                 if isinstance(e, ImportFormatError):
@@ -380,82 +379,65 @@ class FlowStore:
                 shutil.rmtree(staging, ignore_errors=True)
         return report
 
-    def attribution_summary(self, path: Path, repo: Repository, now: datetime) -> dict[str, int]:
+    def attribution_summary(self, path: Path, repo: Repository) -> dict[str, int]:
         """Attribute a Parquet flow file without storing it: rows per source kind. The
         attribution step of an import alone (the benchmark measures it this way)."""
-        _, source = self._parquet_source(path)
-        con = self._connection()
+        attributor = BatchAttributor(repo, self.history())
+        counts: Counter[str] = Counter()
         try:
-            self._ownership_tables(con, repo, source)
-            rows = con.execute(
-                f"SELECT source_kind, count(*) FROM ({_attribution_sql(source, _VALID_ROW)}) "
-                "GROUP BY ALL"
-            ).fetchall()
+            for raw in _parquet_batches(path, ImportReport(origin=str(path))):
+                batch = _conform(raw)
+                attributor.learn(batch)
+                out = attributor.attribute(batch)
+                tally = pc.value_counts(out.column("source_kind").indices)
+                for value, n in zip(*tally.flatten(), strict=True):
+                    counts[KINDS[value.as_py()]] += n.as_py()
         finally:
-            con.close()
-        return {str(k): int(n) for k, n in rows}
+            attributor.close()
+        return dict(counts)
 
     def _staging(self) -> Path:
         staging = self.flows_dir / ".staging" / uuid.uuid4().hex[:12]
         staging.mkdir(parents=True)
         return staging
 
-    def _stage_rows(
+    def _parsed_batches(
         self,
         path: Path,
         importer: FlowImporter,
         options: ImportOptions,
-        raw: Path,
         report: ImportReport,
         progress: Progress | None,
-    ) -> None:
+    ) -> Iterator[pa.RecordBatch]:
+        """The importer's rows of ``path`` in Arrow batches, counting malformed and skipped
+        lines into ``report`` on the way."""
         stream, position = _open_input(path)
         try:
-            with pq.ParquetWriter(raw, RAW_SCHEMA, compression="zstd") as writer:
-                rows: list[Row] = []
-                for item in importer.read(stream, str(path), options):
-                    if isinstance(item, tuple):
-                        rows.append(item)
-                        if len(rows) >= _BATCH:
-                            writer.write_batch(rows_to_batch(rows))
-                            report.rows += len(rows)
-                            rows = []
-                            if progress is not None:
-                                progress(position.tell())
-                    elif isinstance(item, Malformed):
-                        report.malformed += 1
-                        report.line = max(report.line, item.line)
-                        if len(report.malformed_examples) < _MALFORMED_KEPT:
-                            report.malformed_examples.append(item)
-                    elif isinstance(item, Skipped):
-                        report.skipped[item.reason] += 1
-                if rows:
-                    writer.write_batch(rows_to_batch(rows))
-                    report.rows += len(rows)
-                if report.rows == 0:
-                    writer.write_batch(rows_to_batch([]))
+            rows: list[Row] = []
+            for item in importer.read(stream, str(path), options):
+                if isinstance(item, tuple):
+                    rows.append(item)
+                    if len(rows) >= _BATCH:
+                        report.rows += len(rows)
+                        yield rows_to_batch(rows)
+                        rows = []
+                        if progress is not None:
+                            progress(position.tell())
+                elif isinstance(item, Malformed):
+                    report.malformed += 1
+                    report.line = max(report.line, item.line)
+                    if len(report.malformed_examples) < _MALFORMED_KEPT:
+                        report.malformed_examples.append(item)
+                elif isinstance(item, Skipped):
+                    report.skipped[item.reason] += 1
+            if rows:
+                report.rows += len(rows)
+                yield rows_to_batch(rows)
             if progress is not None:
                 progress(position.tell())
         finally:
             stream.close()
             position.close()
-
-    def _parquet_source(self, path: Path) -> tuple[int, str]:
-        """(rows, SQL relation of raw rows) for a Parquet input in the raw or stored
-        schema; columns other than start, end, source and destination may be absent."""
-        try:
-            meta = pq.read_metadata(path)
-        except (pa.ArrowException, OSError) as e:
-            raise StoreError(f"{path}: not a Parquet file ({e})") from e
-        names = set(meta.schema.names)
-        missing = [f for f in ("start", "end", "source", "destination") if f not in names]
-        if missing:
-            raise StoreError(f"{path}: Parquet flow file lacks the column(s) {', '.join(missing)}")
-        columns = [
-            f'"{f}"' if f in names else f'{_PARQUET_DEFAULTS[f]} AS "{f}"' for f in RAW_FIELDS
-        ]
-        relation = f"(SELECT {', '.join(columns)} FROM read_parquet({_sql_text(str(path))}))"
-        return int(meta.num_rows), relation
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect()
@@ -463,101 +445,74 @@ class FlowStore:
         return con
 
     def _attribute_and_commit(
-        self, source: str, repo: Repository, now: datetime, staging: Path, report: ImportReport
+        self,
+        batches: Iterator[pa.RecordBatch],
+        repo: Repository,
+        now: datetime,
+        staging: Path,
+        report: ImportReport,
     ) -> None:
-        con = self._connection()
+        """Validate, attribute and write ``batches`` into one file per day under
+        ``staging``, then move the files into place and commit the manifest."""
+        attributor = BatchAttributor(repo, self.history())
+        cutoff = self._retention_cutoff(now)
+        writers: dict[str, pq.ParquetWriter] = {}
+        rows: Counter[str] = Counter()
         try:
-            self._ownership_tables(con, repo, source)
-            cutoff = self._retention_cutoff(now)
-            where = _VALID_ROW
-            if cutoff is not None:
-                report.expired = int(
-                    con.execute(
-                        f"SELECT count(*) FROM {source} WHERE {where} AND start < ?", [cutoff]
-                    ).fetchone()[0]  # type: ignore[index]
-                )
-                where += f" AND start >= TIMESTAMPTZ '{cutoff.isoformat()}'"
-            invalid = int(
-                con.execute(f"SELECT count(*) FROM {source} WHERE NOT ({_VALID_ROW})").fetchone()[0]  # type: ignore[index]
-            )
-            if invalid:
-                report.malformed += invalid
-            out = staging / "out"
-            con.execute(
-                f"COPY ({_attribution_sql(source, where)}) TO {_sql_text(str(out))} "
-                "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day), "
-                "FILENAME_PATTERN 'part-{i}')"
-            )
-            written: list[dict[str, Any]] = []
-            import_id = staging.name
-            for produced in sorted(out.rglob("*.parquet")) if out.exists() else []:
-                relative = produced.parent.relative_to(out)
-                rows = int(pq.read_metadata(produced).num_rows)
-                target_dir = self.flows_dir / relative
-                target_dir.mkdir(parents=True, exist_ok=True)
-                target = target_dir / f"{import_id}-{produced.stem}.parquet"
-                produced.replace(target)
-                written.append(
-                    {
-                        "path": str(target.relative_to(self.flows_dir)),
-                        "partition": str(relative),
-                        "rows": rows,
-                    }
-                )
-            manifest = self._manifest()["files"]
-            self._commit([*manifest, *written])
-            report.stored = sum(e["rows"] for e in written)
-            report.partitions = sorted({e["partition"] for e in written})
-            self._expire(now)
-        finally:
-            con.close()
-
-    def _ownership_tables(
-        self, con: duckdb.DuckDBPyConnection, repo: Repository, source: str
-    ) -> None:
-        """Register ``own`` (disjoint ownership intervals) and ``nets`` (the first network,
-        by name, of every distinct address of ``source``)."""
-        intervals = resolve_ownership(repo, self.history())
-        own = pa.table(
-            {
-                "address": pa.array([str(i.address) for i in intervals], pa.string()),
-                "kind": pa.array([i.kind.value for i in intervals], pa.string()),
-                "owner": pa.array([i.owner for i in intervals], pa.string()),
-                "valid_from": pa.array(
-                    [_ts(i.start) for i in intervals], pa.timestamp("us", tz="UTC")
-                ),
-                "valid_until": pa.array(
-                    [_ts(i.end) for i in intervals], pa.timestamp("us", tz="UTC")
-                ),
-            }
-        )
-        con.register("own_arrow", own)
-        con.execute(
-            "CREATE TEMP TABLE own AS SELECT address, kind, owner, "
-            "coalesce(valid_from, TIMESTAMPTZ '-infinity') AS valid_from, "
-            "coalesce(valid_until, TIMESTAMPTZ 'infinity') AS valid_until FROM own_arrow"
-        )
-        attributor = Attributor(repo)
-        names: list[str] = []
-        addresses: list[str] = []
-        if repo.networks:
-            distinct = con.execute(
-                f"SELECT DISTINCT a FROM (SELECT source AS a FROM {source} UNION "
-                f"SELECT destination AS a FROM {source}) WHERE a IS NOT NULL"
-            ).fetchall()
-            for (text,) in distinct:
-                try:
-                    found = attributor.networks_containing(ip_address(text))
-                except ValueError:
+            for raw in batches:
+                batch = _conform(raw)
+                attributor.learn(batch)
+                valid = _valid(batch, attributor.invalid_mask(batch))
+                kept = pc.sum(valid).as_py() or 0
+                if kept < batch.num_rows:
+                    report.malformed += batch.num_rows - kept
+                    batch = batch.filter(valid)
+                if cutoff is not None and batch.num_rows:
+                    fresh = pc.greater_equal(batch.column("start"), pa.scalar(cutoff, _TS))
+                    kept = pc.sum(fresh).as_py() or 0
+                    report.expired += batch.num_rows - kept
+                    batch = batch.filter(fresh)
+                if batch.num_rows == 0:
                     continue
-                if found:
-                    addresses.append(text)
-                    names.append(found[0].name)
-        con.register(
-            "nets_arrow",
-            pa.table({"address": pa.array(addresses, pa.string()), "name": pa.array(names)}),
-        )
-        con.execute("CREATE TEMP TABLE nets AS SELECT * FROM nets_arrow")
+                out = attributor.attribute(batch)
+                days = pc.floor_temporal(out.column("start"), unit="day")
+                distinct = pc.unique(days).to_pylist()
+                for day in distinct:
+                    part = (
+                        out
+                        if len(distinct) == 1
+                        else out.filter(pc.equal(days, pa.scalar(day, _TS)))
+                    )
+                    key = f"day={day.date().isoformat()}"
+                    writer = writers.get(key)
+                    if writer is None:
+                        (staging / key).mkdir(parents=True, exist_ok=True)
+                        writer = writers[key] = pq.ParquetWriter(
+                            staging / key / "part.parquet", ATTRIBUTED_SCHEMA, compression="zstd"
+                        )
+                    writer.write_batch(part)
+                    rows[key] += part.num_rows
+        finally:
+            for writer in writers.values():
+                writer.close()
+            attributor.close()
+        written: list[dict[str, Any]] = []
+        for key in sorted(writers):
+            target_dir = self.flows_dir / key
+            target_dir.mkdir(parents=True, exist_ok=True)
+            target = target_dir / f"{staging.name}.parquet"
+            (staging / key / "part.parquet").replace(target)
+            written.append(
+                {
+                    "path": str(target.relative_to(self.flows_dir)),
+                    "partition": key,
+                    "rows": rows[key],
+                }
+            )
+        self._commit([*self._manifest()["files"], *written])
+        report.stored = sum(e["rows"] for e in written)
+        report.partitions = sorted(writers)
+        self._expire(now)
 
     def _retention_cutoff(self, now: datetime) -> datetime | None:
         days = self.settings.retention_days
@@ -684,8 +639,15 @@ class FlowStore:
             where, params = _time_filter(since, until)
             epoch = ""
             join = ""
-            if change_points:
-                points = sorted({_ts(t) for t in change_points})  # type: ignore[type-var]
+            points = sorted({t.astimezone(UTC) for t in change_points})
+            if 0 < len(points) <= 64:
+                # a CASE is vectorized and cheap for a few instants (typically rule expiries)
+                cases = " ".join(
+                    f"WHEN start < TIMESTAMPTZ '{t.isoformat()}' THEN {i}"
+                    for i, t in enumerate(points)
+                )
+                epoch = f", CASE {cases} ELSE {len(points)} END"
+            elif points:
                 con.register(
                     "cp_arrow",
                     pa.table(
@@ -796,57 +758,75 @@ def _sql_list(items: Sequence[str]) -> str:
     return "[" + ", ".join(_sql_text(i) for i in items) + "]"
 
 
+_TS = pa.timestamp("us", tz="UTC")
+
 #: Values of columns a Parquet input may leave out.
-_PARQUET_DEFAULTS = {
-    "source_port": "0",
-    "port": "0",
-    "protocol": "'tcp'",
-    "packets": "0",
-    "bytes": "0",
-    "connections": "1",
-    "reporter": "'parquet'",
-    "verdict": "'unknown'",
-    "rule": "NULL::VARCHAR",
+_DEFAULTS: dict[str, object] = {
+    "source_port": 0,
+    "port": 0,
+    "protocol": "tcp",
+    "packets": 0,
+    "bytes": 0,
+    "connections": 1,
+    "reporter": "parquet",
+    "verdict": "unknown",
 }
-
-#: A row the store accepts: required fields present, times ordered, counters non-negative.
-_VALID_ROW = (
-    'start IS NOT NULL AND "end" IS NOT NULL AND start <= "end" '
-    "AND source IS NOT NULL AND destination IS NOT NULL AND protocol IS NOT NULL "
-    "AND coalesce(packets, 0) >= 0 AND coalesce(bytes, 0) >= 0"
-)
+_REQUIRED = ("start", "end", "source", "destination")
 
 
-def _attribution_sql(source: str, where: str) -> str:
-    """The stored rows of ``source`` (raw rows), attributed with the ``own`` and ``nets``
-    tables, plus the ``day`` partition column."""
-    return f"""
-        SELECT r.start, r."end", r.source, r.destination,
-               CAST(coalesce(r.source_port, 0) AS INTEGER) AS source_port,
-               CAST(coalesce(r.port, 0) AS INTEGER) AS port,
-               r.protocol,
-               CAST(coalesce(r.packets, 0) AS BIGINT) AS packets,
-               CAST(coalesce(r.bytes, 0) AS BIGINT) AS bytes,
-               CAST(coalesce(r.connections, 1) AS BIGINT) AS connections,
-               coalesce(r.reporter, '') AS reporter,
-               coalesce(r.verdict, 'unknown') AS verdict,
-               r.rule,
-               CASE WHEN sw.owner IS NOT NULL THEN sw.kind
-                    WHEN sn.name IS NOT NULL THEN 'network' ELSE 'unknown' END AS source_kind,
-               coalesce(sw.owner, sn.name) AS source_name,
-               CASE WHEN dw.owner IS NOT NULL THEN dw.kind
-                    WHEN dn.name IS NOT NULL THEN 'network' ELSE 'unknown' END
-                    AS destination_kind,
-               coalesce(dw.owner, dn.name) AS destination_name,
-               strftime(r.start, '%Y-%m-%d') AS day
-        FROM (SELECT * FROM {source} WHERE {where}) r
-        LEFT JOIN own sw ON sw.address = r.source
-             AND r.start >= sw.valid_from AND r.start < sw.valid_until
-        LEFT JOIN own dw ON dw.address = r.destination
-             AND r.start >= dw.valid_from AND r.start < dw.valid_until
-        LEFT JOIN nets sn ON sn.address = r.source
-        LEFT JOIN nets dn ON dn.address = r.destination
-    """
+def _parquet_batches(path: Path, report: ImportReport) -> Iterator[pa.RecordBatch]:
+    """Batches of a Parquet flow file in the raw or stored layout (only start, end,
+    source and destination are required), streamed; counts rows into ``report``."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise StoreError(f"{path}: not a Parquet file ({e})") from e
+    names = set(parquet.schema_arrow.names)
+    missing = [f for f in _REQUIRED if f not in names]
+    if missing:
+        raise StoreError(f"{path}: Parquet flow file lacks the column(s) {', '.join(missing)}")
+    present = [f for f in RAW_FIELDS if f in names]
+    for batch in parquet.iter_batches(batch_size=1 << 20, columns=present):
+        report.rows += batch.num_rows
+        yield batch
+
+
+def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` in RAW_SCHEMA: columns cast to their types, absent or null optional
+    values filled with their defaults. A column that cannot be cast is a StoreError."""
+    columns: list[pa.Array] = []
+    n = batch.num_rows
+    names = batch.schema.names
+    for f in RAW_SCHEMA:
+        if f.name in names:
+            column = batch.column(f.name)
+            if column.type != f.type:
+                try:
+                    column = pc.cast(column, f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise StoreError(f"column {f.name!r}: cannot read as {f.type}: {e}") from e
+        else:
+            column = pa.nulls(n, f.type)
+        default = _DEFAULTS.get(f.name)
+        if default is not None and column.null_count:
+            column = pc.fill_null(column, pa.scalar(default, f.type))
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=RAW_SCHEMA)
+
+
+def _valid(batch: pa.RecordBatch, bad_addresses: pa.Array | None) -> pa.Array:
+    """Rows the store accepts: times, addresses and protocol present, start <= end,
+    counters not negative, addresses that parse."""
+    start, end = batch.column("start"), batch.column("end")
+    ok = pc.and_(pc.is_valid(start), pc.is_valid(end))
+    for name in ("source", "destination", "protocol"):
+        ok = pc.and_(ok, pc.is_valid(batch.column(name)))
+    ok = pc.and_(ok, pc.fill_null(pc.less_equal(start, end), False))
+    for name in ("packets", "bytes", "connections"):
+        ok = pc.and_(ok, pc.fill_null(pc.greater_equal(batch.column(name), 0), False))
+    if bad_addresses is not None:
+        ok = pc.and_(ok, pc.invert(pc.fill_null(bad_addresses, False)))
+    return pc.fill_null(ok, False)
 
 
 _EMPTY_STORED = """
