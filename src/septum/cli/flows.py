@@ -234,6 +234,13 @@ def query_command(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     limit: Annotated[int | None, typer.Option("--limit", help="Show the N largest edges.")] = None,
+    counts_only: Annotated[
+        bool,
+        typer.Option(
+            "--counts-only",
+            help="Records and bytes only (no services, verdicts, times): faster on big stores.",
+        ),
+    ] = False,
     at: AtOpt = None,
 ) -> None:
     """Aggregated edges of the stored flows: filter by selector, service, verdict, time
@@ -262,6 +269,7 @@ def query_command(
             rule=rule,
             group_by=tuple(k.strip() for k in group_by.split(",") if k.strip()) if group_by else (),
             limit=limit,
+            counts_only=counts_only,
         )
         store = _store(data, create=False)
         identities = repository_identities(_load(repo)) if repo is not None else None
@@ -278,8 +286,8 @@ def query_command(
                     *row[:2],
                     " ".join(row[2]),
                     *row[3:7],
-                    row[7].isoformat(),
-                    row[8].isoformat(),
+                    _iso(row[7]),
+                    _iso(row[8]),
                     *row[9:],
                 ]
             )
@@ -311,9 +319,13 @@ def query_command(
             f"{row[9]:,}",
             f"{row[10]:,}",
             f"{row[11]:,}",
-            row[8].isoformat(timespec="seconds"),
+            _iso(row[8]),
         )
     out.print(table)
+
+
+def _iso(when: datetime | None) -> str:
+    return when.isoformat(timespec="seconds") if when is not None else ""
 
 
 def _service(text: str, parse: Any) -> Any:
