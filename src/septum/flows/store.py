@@ -37,6 +37,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
@@ -188,7 +189,7 @@ def _open_input(path: Path) -> tuple[BinaryIO, BinaryIO]:
 def _write_json_atomically(path: Path, data: object) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+        json.dump(data, f, separators=(",", ":"), sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
@@ -314,7 +315,31 @@ class FlowStore:
             return self._record_inventory(repo, at)
 
     def _record_inventory(self, repo: Repository, at: datetime) -> int:
-        history = record_snapshot(self.history(), repo, at)
+        """Record a snapshot; files are rewritten only when something changed (a repeated
+        import with the same inventory writes nothing)."""
+        before = self.history()
+        history = record_snapshot(before, repo, at)
+        if history != before:
+            self._write_history(history)
+        identities = self.identities()
+        seen = dict(identities)
+        for w in repo.workloads:
+            identities[(EndpointKind.WORKLOAD.value, w.name)] = dict(w.labels)
+        for u in repo.users:
+            identities[(EndpointKind.USER.value, u.name)] = dict(u.labels)
+        for n in repo.networks:
+            identities[(EndpointKind.NETWORK.value, n.name)] = dict(n.labels)
+        if identities != seen:
+            _write_json_atomically(
+                self.inventory_dir / "identities.json",
+                [
+                    {"kind": k, "name": n, "labels": labels}
+                    for (k, n), labels in sorted(identities.items())
+                ],
+            )
+        return len(history)
+
+    def _write_history(self, history: Sequence[OwnershipInterval]) -> None:
         _write_json_atomically(
             self.inventory_dir / "ownership.json",
             [
@@ -328,21 +353,6 @@ class FlowStore:
                 for i in history
             ],
         )
-        identities = self.identities()
-        for w in repo.workloads:
-            identities[(EndpointKind.WORKLOAD.value, w.name)] = dict(w.labels)
-        for u in repo.users:
-            identities[(EndpointKind.USER.value, u.name)] = dict(u.labels)
-        for n in repo.networks:
-            identities[(EndpointKind.NETWORK.value, n.name)] = dict(n.labels)
-        _write_json_atomically(
-            self.inventory_dir / "identities.json",
-            [
-                {"kind": k, "name": n, "labels": labels}
-                for (k, n), labels in sorted(identities.items())
-            ],
-        )
-        return len(history)
 
     # ------------------------------------------------------------------ import
 
@@ -458,44 +468,58 @@ class FlowStore:
         cutoff = self._retention_cutoff(now)
         writers: dict[str, pq.ParquetWriter] = {}
         rows: Counter[str] = Counter()
-        try:
-            for raw in batches:
-                batch = _conform(raw)
-                attributor.learn(batch)
-                valid = _valid(batch, attributor.invalid_mask(batch))
-                kept = pc.sum(valid).as_py() or 0
-                if kept < batch.num_rows:
-                    report.malformed += batch.num_rows - kept
-                    batch = batch.filter(valid)
-                if cutoff is not None and batch.num_rows:
-                    fresh = pc.greater_equal(batch.column("start"), pa.scalar(cutoff, _TS))
-                    kept = pc.sum(fresh).as_py() or 0
-                    report.expired += batch.num_rows - kept
-                    batch = batch.filter(fresh)
-                if batch.num_rows == 0:
-                    continue
-                out = attributor.attribute(batch)
-                days = pc.floor_temporal(out.column("start"), unit="day")
-                distinct = pc.unique(days).to_pylist()
-                for day in distinct:
-                    part = (
-                        out
-                        if len(distinct) == 1
-                        else out.filter(pc.equal(days, pa.scalar(day, _TS)))
-                    )
-                    key = f"day={day.date().isoformat()}"
-                    writer = writers.get(key)
-                    if writer is None:
-                        (staging / key).mkdir(parents=True, exist_ok=True)
-                        writer = writers[key] = pq.ParquetWriter(
-                            staging / key / "part.parquet", ATTRIBUTED_SCHEMA, compression="zstd"
+        # Parquet encoding is the slowest step and releases the GIL: one writer thread
+        # encodes batch n while this thread reads and attributes batch n+1 (order kept).
+        pending: list[Future[None]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="septum-write") as pool:
+            try:
+                for raw in batches:
+                    batch = _conform(raw)
+                    attributor.learn(batch)
+                    valid = _valid(batch, attributor.invalid_mask(batch))
+                    kept = pc.sum(valid).as_py() or 0
+                    if kept < batch.num_rows:
+                        report.malformed += batch.num_rows - kept
+                        batch = batch.filter(valid)
+                    if cutoff is not None and batch.num_rows:
+                        fresh = pc.greater_equal(batch.column("start"), pa.scalar(cutoff, _TS))
+                        kept = pc.sum(fresh).as_py() or 0
+                        report.expired += batch.num_rows - kept
+                        batch = batch.filter(fresh)
+                    if batch.num_rows == 0:
+                        continue
+                    out = attributor.attribute(batch)
+                    days = pc.floor_temporal(out.column("start"), unit="day")
+                    distinct = pc.unique(days).to_pylist()
+                    for day in distinct:
+                        part = (
+                            out
+                            if len(distinct) == 1
+                            else out.filter(pc.equal(days, pa.scalar(day, _TS)))
                         )
-                    writer.write_batch(part)
-                    rows[key] += part.num_rows
-        finally:
-            for writer in writers.values():
-                writer.close()
-            attributor.close()
+                        key = f"day={day.date().isoformat()}"
+                        writer = writers.get(key)
+                        if writer is None:
+                            (staging / key).mkdir(parents=True, exist_ok=True)
+                            writer = writers[key] = pq.ParquetWriter(
+                                staging / key / "part.parquet",
+                                ATTRIBUTED_SCHEMA,
+                                compression="zstd",
+                                write_statistics=["start", "end"],
+                            )
+                        while len(pending) >= 2:
+                            pending.pop(0).result()
+                        pending.append(pool.submit(writer.write_batch, part))
+                        rows[key] += part.num_rows
+                for done in pending:
+                    done.result()
+            finally:
+                for done in pending:
+                    done.cancel()
+                pool.shutdown(wait=True)
+                for writer in writers.values():
+                    writer.close()
+                attributor.close()
         written: list[dict[str, Any]] = []
         for key in sorted(writers):
             target_dir = self.flows_dir / key
