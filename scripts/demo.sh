@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-ensure_debian_packages nft:nftables
+ensure_debian_packages nft:nftables dot:graphviz
 ensure_venv ""
 exec .venv/bin/septum demo "${1:-examples}"

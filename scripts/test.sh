@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 ensure_debian_packages nft:nftables ip:iproute2 conntrack:conntrack iptables-restore:iptables \
-    /usr/lib/python3/dist-packages/nftables/__init__.py:python3-nftables
+    /usr/lib/python3/dist-packages/nftables/__init__.py:python3-nftables dot:graphviz
 ensure_venv dev
 echo "== ruff"; .venv/bin/ruff check src tests bench
 echo "== mypy --strict"; .venv/bin/mypy --strict src/septum

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
@@ -166,6 +167,14 @@ def test_query_groups_by_labels_and_filters(store: Path) -> None:
     code, out, _ = run("flows", "query", "--data", store)
     assert code == 0
     assert "shop-web-prod-1" in out
+    code, out, _ = run(
+        "flows", "query", "--data", store, "--group-by", "app,role", "--counts-only",
+        "--format", "json",
+    )
+    lean = {(r["source"], r["destination"]): r for r in json.loads(out)["rows"]}
+    assert lean[("app=shop,role=web", "app=shop,role=api")]["records"] == 10
+    assert lean[("app=shop,role=web", "app=shop,role=api")]["bytes"] == 10_000
+    assert lean[("app=shop,role=web", "app=shop,role=api")]["services"] == []
 
 
 def test_query_bad_input_is_reported(store: Path) -> None:
@@ -238,10 +247,11 @@ def test_map_in_every_format(tmp_path: Path, store: Path) -> None:
     assert ET.fromstring(out).tag.endswith("graphml")
     code, out, _ = run("map", EXAMPLES, "--flows", store, "--format", "dot")
     assert out.startswith("digraph")
-    svg = tmp_path / "map.svg"
-    code, _, err = run("map", EXAMPLES, "--flows", store, "--format", "svg", "--out", svg)
-    assert code == 0, err
-    assert ET.fromstring(svg.read_text()).tag.endswith("svg")
+    if shutil.which("dot") is not None or os.environ.get("CI") == "true":
+        svg = tmp_path / "map.svg"
+        code, _, err = run("map", EXAMPLES, "--flows", store, "--format", "svg", "--out", svg)
+        assert code == 0, err
+        assert ET.fromstring(svg.read_text()).tag.endswith("svg")
     assert run("map", "--flows", store, "--format", "png")[0] == 2
     code, out, _ = run("map", "--flows", store)  # no repository: the recorded verdicts
     assert code == 0
