@@ -168,8 +168,15 @@ def test_query_groups_by_labels_and_filters(store: Path) -> None:
     assert code == 0
     assert "shop-web-prod-1" in out
     code, out, _ = run(
-        "flows", "query", "--data", store, "--group-by", "app,role", "--counts-only",
-        "--format", "json",
+        "flows",
+        "query",
+        "--data",
+        store,
+        "--group-by",
+        "app,role",
+        "--counts-only",
+        "--format",
+        "json",
     )
     lean = {(r["source"], r["destination"]): r for r in json.loads(out)["rows"]}
     assert lean[("app=shop,role=web", "app=shop,role=api")]["records"] == 10
@@ -267,3 +274,56 @@ def test_settings_compact_and_inventory(tmp_path: Path, store: Path) -> None:
     code, out, _ = run("flows", "inventory", EXAMPLES, "--data", store, *RUN)
     assert code == 0
     assert "interval" in out
+
+
+def test_recommend_writes_policies_that_load_with_the_repository(
+    tmp_path: Path, store: Path
+) -> None:
+    proposal = tmp_path / "proposal.yaml"
+    code, out, err = run(
+        "recommend",
+        EXAMPLES,
+        "--flows",
+        store,
+        "--scope",
+        'app == "shop"',
+        "--granularity",
+        "app,role,env",
+        "--out",
+        proposal,
+        "--json",
+        *RUN,
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["coverage"]["records_share"] == 1.0
+    assert report["tier"]["name"] == "shop"
+    assert {p["name"] for p in report["policies"]} >= {"rec-shop-web-prod", "rec-shop-api-prod"}
+    # the recorded-denied attempt web -> db is an outlier, never proposed
+    assert any(o["reason"] == "recorded-denied" for o in report["outliers"]), report["outliers"]
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLES, repo)
+    shutil.copy(proposal, repo / "policies" / "proposal.yaml")
+    assert run("validate", repo)[0] == 0
+    # refining with the same data changes nothing; the file keeps its names and rules
+    again = tmp_path / "again.yaml"
+    code, _, err = run(
+        "recommend",
+        EXAMPLES,
+        "--flows",
+        store,
+        "--scope",
+        'app == "shop"',
+        "--granularity",
+        "app,role,env",
+        "--previous",
+        proposal,
+        "--out",
+        again,
+        *RUN,
+    )
+    assert code == 0, err
+    assert again.read_text() == proposal.read_text()
+    code, _, err = run("recommend", EXAMPLES, "--flows", store, "--tier", "nope", *RUN)
+    assert code == 2
+    assert "nope" in err

@@ -541,4 +541,102 @@ def map_command(
         )
 
 
+@app.command("recommend")
+def recommend_command(
+    repo: Annotated[Path, typer.Argument(help="Policy repository (inventory and tiers).")],
+    flows: Annotated[
+        Path, typer.Option("--flows", envvar="SEPTUM_DATA", help="Data directory of the flows.")
+    ] = Path("septum-data"),
+    scope: Annotated[
+        str, typer.Option("--scope", help="Selector of the workloads to protect.")
+    ] = "all()",
+    granularity: Annotated[
+        str, typer.Option("--granularity", help="Label keys to generalise to, e.g. app,role,env.")
+    ] = "app,role,env",
+    tier: Annotated[
+        str | None, typer.Option("--tier", help="Put the policies in this tier.")
+    ] = None,
+    min_records: Annotated[
+        int, typer.Option("--min-records", help="Leave out dependencies seen fewer times.", min=1)
+    ] = 1,
+    previous: Annotated[
+        Path | None,
+        typer.Option("--previous", help="An earlier proposal (YAML) to refine, not rewrite."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", help="Write the policies (YAML) here.")
+    ] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Least-privilege allow policies learned from the recorded flows of the scope,
+    generalised to labels, with coverage, per-rule support and the outliers left out."""
+    from septum.engine.recommend import RecommendOptions
+    from septum.flows.analysis import recommend_store
+    from septum.model.selector import parse_selector
+
+    now = _now(at)
+    with _reported(as_json):
+        store = _store(flows, create=False)
+        model = _load(repo)
+        earlier = _load_policies(previous, repo) if previous is not None else ()
+        result = recommend_store(
+            store,
+            model,
+            RecommendOptions(
+                scope=parse_selector(scope),
+                granularity=_keys(granularity),
+                at=now,
+                tier=tier,
+                min_records=min_records,
+                previous=earlier,
+            ),
+            since=window_time(since, now, "--since"),
+            until=window_time(until, now, "--until"),
+        )
+        text = result.to_yaml()
+        if output is not None:
+            output.write_text(text)
+    if as_json:
+        _print_json({**result.to_json(), "yaml": text if output is None else str(output)})
+        return
+    if output is None:
+        sys.stdout.write(text)
+    c = result.coverage
+    err.print(
+        f"{len(result.policies)} policies in tier {result.tier.name} ({result.tier.detail}); "
+        f"coverage: {c.records_allowed:,}/{c.records:,} records "
+        f"({c.records_share:.1%}), {c.groups_allowed:,}/{c.groups:,} flows; "
+        f"{len(result.outliers)} outlier(s) left out"
+        + (f" → {output}" if output is not None else "")
+    )
+    for o in result.outliers[:10]:
+        j = o.to_json()
+        err.print(f"  outlier: {j.get('reason')}: {j.get('flow') or j}")
+    for note in result.notes[:10]:
+        err.print(f"  note: {note}")
+
+
+def _load_policies(previous: Path, repo: Path) -> tuple[Any, ...]:
+    """The policies of an earlier proposal file, parsed together with the repository (its
+    tiers and services), so that refinement keeps their names and rules."""
+    import yaml
+
+    from septum.sources.files import load_repository
+
+    try:
+        documents = list(yaml.safe_load_all(previous.read_text()))
+    except yaml.YAMLError as e:
+        raise SeptumError(f"{previous}: not YAML: {e}") from None
+    names = {
+        d["metadata"]["name"]
+        for d in documents
+        if isinstance(d, dict) and d.get("kind") == "Policy" and isinstance(d.get("metadata"), dict)
+    }
+    combined = load_repository(repo, extra=[previous])
+    return tuple(p for p in combined.policies if p.name in names)
+
+
 app.add_typer(flows_app, name="flows")

@@ -21,11 +21,19 @@ from septum.engine.depmap import DependencyMap, MapOptions, build_dependency_map
 from septum.engine.explain import Evaluator
 from septum.engine.observed import FlowGroup
 from septum.engine.ownership import OwnershipInterval, resolve_ownership, with_ownership
+from septum.engine.recommend import Recommendation, RecommendOptions, recommend
 from septum.engine.replay import ReplayReport, change_points, replay
 from septum.flows.store import FlowStore
 from septum.model.resources import Repository
 
-__all__ = ["load_groups", "map_store", "rebind", "replay_store", "repository_identities"]
+__all__ = [
+    "load_groups",
+    "map_store",
+    "rebind",
+    "recommend_store",
+    "replay_store",
+    "repository_identities",
+]
 
 
 def repository_identities(repo: Repository) -> dict[tuple[str, str], dict[str, str]]:
@@ -105,3 +113,18 @@ def map_store(
     )
     evaluator = Evaluator(rebound[0]) if active is not None else None
     return build_dependency_map(groups, evaluator, options)
+
+
+def recommend_store(
+    store: FlowStore,
+    repo: Repository,
+    options: RecommendOptions,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Recommendation:
+    """Least-privilege policies for ``options.scope`` from the stored flows in [since,
+    until) (``septum.engine.recommend``). The repository is rebound to the store's ownership
+    history, so flows of addresses that changed hands count for whoever held them."""
+    groups, rebound = load_groups(store, [repo], since=since, until=until)
+    return recommend(rebound[0], groups, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from septum.errors import Problem, ValidationError
@@ -64,8 +65,9 @@ def _decode(data: bytes, file: str) -> tuple[str, Problem | None]:
         return "", Problem(file, line, column, "the file is not valid UTF-8")
 
 
-def load_repository(path: Path) -> Repository:
-    """Read, validate and build the repository at ``path`` (a directory or one file).
+def load_repository(path: Path, extra: Sequence[Path] = ()) -> Repository:
+    """Read, validate and build the repository at ``path`` (a directory or one file), plus
+    the ``extra`` files (those already in the repository are read once).
 
     Raises ValidationError with every problem of every file (never a partial repository).
     When some file could not be read at all, checks of references between documents are
@@ -74,9 +76,13 @@ def load_repository(path: Path) -> Repository:
     documents: list[SourceDocument] = []
     problems: list[Problem] = []
     complete = True  # every file read to its end
-    if not path.exists():
-        raise ValidationError([Problem(str(path), 1, 1, "no such file or directory")])
-    for file in repository_files(path):
+    for required in (path, *extra):
+        if not required.exists():
+            raise ValidationError([Problem(str(required), 1, 1, "no such file or directory")])
+    files = repository_files(path)
+    known = {f.resolve() for f in files}
+    files += [f for f in extra if f.resolve() not in known]
+    for file in files:
         name = str(file)
         try:
             data = file.read_bytes()
