@@ -212,7 +212,7 @@ def test_three_tier_application_with_externals_and_users() -> None:
     assert s.last_seen == T0 + HOUR
     assert len(s.examples) == 3
     assert s.examples[0].records == 30
-    assert s.describe() == "observed 55 flows 2026-11-01T12:00Z..2026-11-01T13:00Z"
+    assert s.describe() == "observed 55 flow records 2026-11-01T12:00Z..2026-11-01T13:00Z"
 
     lb = pols["rec-lb-prod"]
     assert _peers(lb, Direction.INGRESS, 0) == ["cidr:192.0.2.10/31"]  # exact, merged
@@ -550,7 +550,7 @@ def test_refinement_keeps_names_and_rules_and_only_adds() -> None:
 
 def _stale(p: Policy) -> Policy:
     """``p`` with every rule described as kept without support."""
-    text = "kept from the previous proposal: no flows observed in this data"
+    text = "kept from the previous proposal: no flow records observed in this data"
     ingress = tuple(replace(r, description=text) for r in p.ingress or ())
     egress = tuple(replace(r, description=text) for r in p.egress or ())
     return replace(

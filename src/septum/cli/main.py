@@ -621,4 +621,8 @@ def _nft_check(nft: str | None, script: str) -> str:
 import septum.cli.flows  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    # Run as ``python -m septum.cli.main``, this module is ``__main__``; the visibility
+    # commands registered themselves on ``septum.cli.main.app``, so run that one.
+    from septum.cli.main import app as registered
+
+    registered()

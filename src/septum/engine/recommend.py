@@ -103,7 +103,7 @@ EXAMPLES = 3
 ORDER_STEP = 10
 
 _OBSERVED = "observed "
-_STALE = "kept from the previous proposal: no flows observed in this data"
+_STALE = "kept from the previous proposal: no flow records observed in this data"
 _NAME_MAX = 253
 
 
@@ -198,11 +198,11 @@ class RuleSupport:
 
     def describe(self) -> str:
         """The rule's description: deterministic, e.g.
-        ``observed 1,234 flows 2026-11-24T10:00Z..2026-11-25T09:00Z``."""
+        ``observed 1,234 flow records 2026-11-24T10:00Z..2026-11-25T09:00Z``."""
         if self.stale or self.first_seen is None or self.last_seen is None:
             return _STALE
         return (
-            f"{_OBSERVED}{self.records:,} flows "
+            f"{_OBSERVED}{self.records:,} flow records "
             f"{_minute(self.first_seen)}..{_minute(self.last_seen)}"
         )
 

@@ -489,12 +489,11 @@ class FlowStore:
                     if batch.num_rows == 0:
                         continue
                     out = attributor.attribute(batch)
-                    days = pc.floor_temporal(out.column("start"), unit="day")
-                    distinct = pc.unique(days).to_pylist()
+                    days, distinct = _days(out.column("start"))
                     for day in distinct:
                         part = (
                             out
-                            if len(distinct) == 1
+                            if days is None
                             else out.filter(pc.equal(days, pa.scalar(day, _TS)))
                         )
                         key = f"day={day.date().isoformat()}"
@@ -836,6 +835,17 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
             column = pc.fill_null(column, pa.scalar(default, f.type))
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=RAW_SCHEMA)
+
+
+def _days(start: pa.Array) -> tuple[pa.Array | None, list[datetime]]:
+    """The UTC days of ``start`` (floored timestamps, and the distinct ones). A batch within
+    one day, the usual case, is recognised from its min and max alone (no per-row work)."""
+    bounds = pc.min_max(start).as_py()
+    first, last = bounds["min"], bounds["max"]
+    if first.date() == last.date():
+        return None, [datetime(first.year, first.month, first.day, tzinfo=UTC)]
+    days = pc.floor_temporal(start, unit="day")
+    return days, pc.unique(days).to_pylist()
 
 
 def _valid(batch: pa.RecordBatch, bad_addresses: pa.Array | None) -> pa.Array:
