@@ -28,10 +28,8 @@ import pyarrow as pa
 from septum.engine.observed import protocol_of
 
 __all__ = [
-    "ATTRIBUTION_FIELDS",
     "RAW_FIELDS",
     "RAW_SCHEMA",
-    "STORED_SCHEMA",
     "Malformed",
     "Row",
     "Skipped",
@@ -75,24 +73,6 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 RAW_FIELDS: tuple[str, ...] = tuple(RAW_SCHEMA.names)
-
-#: Added by attribution: what each address belonged to at the flow's start.
-ATTRIBUTION_FIELDS: tuple[str, ...] = (
-    "source_kind",
-    "source_name",
-    "destination_kind",
-    "destination_name",
-)
-STORED_SCHEMA = pa.schema(
-    [
-        *RAW_SCHEMA,
-        pa.field("source_kind", pa.string(), nullable=False),
-        pa.field("source_name", pa.string(), nullable=True),
-        pa.field("destination_kind", pa.string(), nullable=False),
-        pa.field("destination_name", pa.string(), nullable=True),
-    ]
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Malformed:

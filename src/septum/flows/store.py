@@ -2,26 +2,31 @@
 
 Layout of a data directory::
 
-    DATA/settings.json                      StoreSettings (retention, file sizes)
+    DATA/settings.json                      StoreSettings (retention, compaction)
     DATA/lock                               writers hold an exclusive flock on it
     DATA/flows/_manifest.json               the committed files: the only ones readers see
-    DATA/flows/day=2026-11-25/<import>-<n>.parquet   STORED_SCHEMA (the day is the directory)
+    DATA/flows/day=2026-11-25/<import>.parquet   raw fields + attribution (the day is the dir)
     DATA/flows/.staging/<import>/           work in progress of one import or compaction
     DATA/inventory/ownership.json           ownership history (record_inventory)
     DATA/inventory/identities.json          labels of every workload, user and network seen
 
+::
+
+    importer rows ─► Arrow batches ─► conform, validate, retention ─► BatchAttributor
+         (or Parquet batches directly)                                      │
+                       writer thread: one Parquet file per day in staging ◄─┘
+                       ─► files moved into flows/day=… ─► manifest replaced (the commit)
+
 Design goals:
 
-- **All or nothing per input file.** An import stages its rows (phase 1: parse, stream to
-  one raw Parquet file), attributes them and writes the partitions into the staging
-  directory (phase 2: one DuckDB ``COPY ... PARTITION_BY``), moves the files into place and
-  only then commits by atomically replacing the manifest. A crash or an error before the
-  manifest is replaced leaves the store as it was; files not in the manifest are orphans that
-  the next writer deletes. Readers only ever read files the manifest names.
-- **Attribution in the database.** Ownership intervals (disjoint per address, from
-  :func:`~septum.engine.ownership.resolve_ownership`) and the networks of the distinct
-  addresses of the input become two small tables; attribution is a hash join on the address
-  with a range condition on the flow's start, so 10M flows attribute in seconds.
+- **All or nothing per input file.** An import streams its rows through attribution into one
+  file per day in a staging directory, moves the files into place and only then commits by
+  atomically replacing the manifest. A crash or an error before the manifest is replaced
+  leaves the store as it was; files not in the manifest are orphans that the next compaction
+  deletes. Readers only ever read files the manifest names.
+- **Attribution without per-row Python** (``septum.flows.attribute``): hash lookups in Arrow
+  kernels for addresses with one owner for all time, one narrow DuckDB range join for rows of
+  addresses whose owner changed over time.
 - **Aggregate before touching Python.** Queries group in DuckDB down to distinct edges
   (thousands, not millions) and only those cross into Python.
 """
