@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from septum.agent.capture import CaptureError, FlowRecord
 from septum.flows.importers import ImportFormatError, ImportOptions, importer_for
 from septum.flows.records import RAW_FIELDS, Malformed, Row, Skipped, rows_to_batch
 from tests.flows import netflow_packets
@@ -74,9 +75,40 @@ def test_agent_sample() -> None:
 
 
 def _reason(line: int) -> str:
-    """The from_json message for the agent sample's line without a verdict."""
+    """The message for the agent sample's line without a verdict (which from_json refuses
+    too: checked below)."""
     text = (SAMPLES / "agent.jsonl").read_text().splitlines()[line - 1]
-    return f"not a flow record: {json.loads(text)!r} ('verdict')"
+    with pytest.raises(CaptureError):
+        FlowRecord.from_json(json.loads(text))
+    return "not a flow record: missing 'verdict'"
+
+
+def test_agent_importer_agrees_with_from_json_on_every_sample_line() -> None:
+    """The importer reads lines by from_json's rules without building records: every line
+    from_json accepts gives the same fields, every line it refuses is malformed."""
+    lines = (SAMPLES / "agent.jsonl").read_bytes().splitlines(keepends=True)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        (got,) = list(importer_for("agent").read(io.BytesIO(line), "x", ImportOptions(now=NOW)))
+        try:
+            data = json.loads(line)
+            record = FlowRecord.from_json(data) if isinstance(data, dict) else None
+        except (ValueError, CaptureError):
+            record = None
+        if record is None or record.end < record.start:
+            assert isinstance(got, Malformed), (number, got)
+            continue
+        assert isinstance(got, tuple), (number, got)
+        assert got[:4] == (record.start, record.end, str(record.source), str(record.destination))
+        assert (got[5], got[7], got[8], got[9], got[10], got[11]) == (
+            record.port,
+            record.packets,
+            record.bytes,
+            record.connections,
+            record.enforcer,
+            record.verdict.value,
+        )
 
 
 # -------------------------------------------------------------------------------- vpc

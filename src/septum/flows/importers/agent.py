@@ -1,25 +1,45 @@
 """``--format agent``: the Septum agent's flow log, one JSON object a line.
 
-The lines are what :meth:`septum.agent.capture.FlowRecord.to_json` writes; they are read back
-with :meth:`~septum.agent.capture.FlowRecord.from_json`, so the two cannot drift apart. The
-record carries no source port (the agent aggregates over them): ``source_port`` is 0.
+The lines are what :meth:`septum.agent.capture.FlowRecord.to_json` writes. They are read with
+the same rules as :meth:`~septum.agent.capture.FlowRecord.from_json` (every field present and
+of its type; the tests check both agree on every sample line), without building a record per
+line: addresses repeat, so their canonical text is cached, which is most of the cost saved.
+The record carries no source port (the agent aggregates over them): ``source_port`` is 0.
 ``rule`` is the record's provenance joined with commas (None when empty), ``reporter`` the
 enforcer.
 
-Cost: one ``json.loads`` and one ``from_json`` per line (about 10 µs).
+Cost: one ``json.loads`` and two ``fromisoformat`` per line (a few µs).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import BinaryIO
+from datetime import UTC, datetime
+from ipaddress import ip_address
+from typing import Any, BinaryIO
 
-from septum.agent.capture import CaptureError, FlowRecord
+from septum.agent.capture import FlowVerdict
 from septum.flows.importers import ImportOptions
 from septum.flows.records import Malformed, Row, Skipped, protocol_text
 
 __all__ = ["IMPORTER", "AgentImporter"]
+
+_VERDICTS = {v.value for v in FlowVerdict}
+#: beyond this many cached addresses the cache is cleared (bounds memory on scans)
+_CACHE_LIMIT = 1 << 18
+
+
+def _count(data: dict[str, Any], key: str) -> int:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _time(text: object) -> datetime:
+    when = datetime.fromisoformat(str(text))
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 class AgentImporter:
@@ -31,11 +51,13 @@ class AgentImporter:
         self, stream: BinaryIO, origin: str, options: ImportOptions
     ) -> Iterator[Row | Malformed | Skipped]:
         protocols: dict[str, str] = {}
+        addresses: dict[str, str] = {}
+        loads = json.loads
         for number, raw in enumerate(stream, 1):
             if not raw.strip():
                 continue
             try:
-                data = json.loads(raw)
+                data = loads(raw)
             except ValueError as e:  # also UnicodeDecodeError
                 yield Malformed(number, f"not JSON: {e}")
                 continue
@@ -43,40 +65,66 @@ class AgentImporter:
                 yield Malformed(number, "not a JSON object")
                 continue
             try:
-                record = FlowRecord.from_json(data)
-            except CaptureError as e:
-                yield Malformed(number, str(e))
+                start = _time(data["start"])
+                end = _time(data["end"])
+                ends = []
+                for key in ("source", "destination"):
+                    text = data[key]
+                    canonical = addresses.get(text)
+                    if canonical is None:
+                        canonical = str(ip_address(str(text)))
+                        if len(addresses) >= _CACHE_LIMIT:
+                            addresses.clear()
+                        addresses[text] = canonical
+                    ends.append(canonical)
+                port = _count(data, "port")
+                packets = _count(data, "packets")
+                size = _count(data, "bytes")
+                connections = _count(data, "connections")
+                verdict = data["verdict"]
+                if verdict not in _VERDICTS:
+                    raise ValueError(f"unknown verdict {verdict!r}")
+                provenance = data["provenance"]
+                if not isinstance(provenance, list):
+                    raise TypeError("provenance: expected a list")
+                enforcer = str(data["enforcer"])
+                raw_protocol = str(data["protocol"])
+            except KeyError as e:
+                yield Malformed(number, f"not a flow record: missing {e}")
                 continue
-            if record.end < record.start:
+            except (ValueError, TypeError) as e:
+                yield Malformed(number, f"not a flow record: {e}")
+                continue
+            if end < start:
                 yield Malformed(number, "end is before start")
                 continue
-            if not 0 <= record.port <= 65535:
-                yield Malformed(number, f"port {record.port} out of range")
+            if not 0 <= port <= 65535:
+                yield Malformed(number, f"port {port} out of range")
                 continue
-            if record.packets < 0 or record.bytes < 0 or record.connections < 0:
+            if packets < 0 or size < 0 or connections < 0:
                 yield Malformed(number, "negative count")
                 continue
-            protocol = protocols.get(record.protocol)
+            protocol = protocols.get(raw_protocol)
             if protocol is None:
                 try:
-                    protocol = protocols[record.protocol] = protocol_text(record.protocol)
+                    protocol = protocols[raw_protocol] = protocol_text(raw_protocol)
                 except ValueError as e:
                     yield Malformed(number, str(e))
                     continue
             yield (
-                record.start,
-                record.end,
-                str(record.source),
-                str(record.destination),
+                start,
+                end,
+                ends[0],
+                ends[1],
                 0,
-                record.port,
+                port,
                 protocol,
-                record.packets,
-                record.bytes,
-                record.connections,
-                record.enforcer,
-                record.verdict.value,
-                ",".join(record.provenance) or None,
+                packets,
+                size,
+                connections,
+                enforcer,
+                verdict,
+                ",".join(str(p) for p in provenance) or None,
             )
 
 
