@@ -342,6 +342,7 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
             with gc_paused():
                 report = run_assertions(model, when)
                 rulesets = build_all(resolve_policy(model, when), model.enforcers())
+        visibility = _demo_visibility(repo, model, when)
         evaluator = Evaluator(model)
         flows = [
             assertion_flow(model, a.check, when)
@@ -373,6 +374,7 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
                 "assertions": report.to_json(),
                 "enforcers": enforcers,
                 "platforms": platforms,
+                "visibility": visibility,
                 "explained": [e.to_json() for e in explained],
             }
         )
@@ -392,10 +394,75 @@ def demo(repo: RepoArg = Path("examples"), at: AtOpt = None, as_json: JsonOpt = 
     for row in platforms:
         targets.add_row(*(str(v) for v in row.values()))
     out.print(targets)
+    if visibility:
+        edges = Table(
+            "source", "destination", "services", "records", "allowed", "denied",
+            title=f"Recorded flows ({visibility['file']}, {visibility['stored']} records), "
+            "by app,role,env (septum flows query)",
+        )  # fmt: skip
+        for row in visibility["edges"]:
+            edges.add_row(
+                row["source"], row["destination"], ", ".join(row["services"]),
+                str(row["records"]), str(row["allowed"]), str(row["denied"]),
+            )  # fmt: skip
+        out.print(edges)
+        r, c = visibility["replay"], visibility["recommend"]
+        out.print(
+            f"replay against the recorded verdicts: {r['newly_denied']['records']} newly "
+            f"denied, {r['newly_allowed']['records']} newly allowed; recommend for "
+            f'app == "shop": {len(c["policies"])} policies in tier {c["tier"]["name"]}, '
+            f"coverage {c['coverage']['records_share']:.0%}, {len(c['outliers'])} outlier(s)"
+        )
     out.rule("explained flows")
     for e in explained:
         _print_explanation(e)
     raise typer.Exit(0 if report.passed else 1)
+
+
+def _demo_visibility(repo: Path, model: Repository, when: datetime) -> dict[str, Any]:
+    """The visibility pipeline on the repository's sample agent records (``flows/*.jsonl``),
+    in a temporary store: import, query by labels, replay, recommend. Empty without them."""
+    import tempfile
+
+    from septum.engine.recommend import RecommendOptions
+    from septum.flows.analysis import recommend_store, replay_store
+    from septum.flows.importers import ImportOptions, importer_for
+    from septum.flows.query import FlowQuery, query_flows
+    from septum.flows.store import FlowStore, StoreSettings
+    from septum.model.selector import parse_selector
+
+    samples = sorted((repo / "flows").glob("*.jsonl")) if repo.is_dir() else []
+    if not samples:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="septum-demo-") as tmp:
+        store = FlowStore(Path(tmp))
+        store.configure(StoreSettings(retention_days=None))
+        stored = 0
+        for sample in samples:
+            imported = store.import_file(
+                sample, importer_for("agent"), ImportOptions(now=when), model
+            )
+            if not imported.ok:
+                raise SeptumError(f"{sample}: {imported.error}")
+            stored += imported.stored
+        edges = query_flows(store, FlowQuery(group_by=("app", "role", "env")))
+        replayed = replay_store(store, model)
+        proposal = recommend_store(
+            store,
+            model,
+            RecommendOptions(
+                scope=parse_selector('app == "shop"'),
+                granularity=("app", "role", "env"),
+                at=when,
+            ),
+        )
+    return {
+        "file": ", ".join(str(s) for s in samples),
+        "stored": stored,
+        "edges": edges.to_json(),
+        "replay": replayed.to_json(),
+        "recommend": proposal.to_json(),
+    }
 
 
 
