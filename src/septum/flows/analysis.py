@@ -23,7 +23,7 @@ from septum.engine.observed import FlowGroup
 from septum.engine.ownership import OwnershipInterval, resolve_ownership, with_ownership
 from septum.engine.recommend import Recommendation, RecommendOptions, recommend
 from septum.engine.replay import ReplayReport, change_points, replay
-from septum.flows.store import FlowStore
+from septum.flows.store import FlowStore, repository_identities
 from septum.model.resources import Repository
 
 __all__ = [
@@ -34,18 +34,6 @@ __all__ = [
     "replay_store",
     "repository_identities",
 ]
-
-
-def repository_identities(repo: Repository) -> dict[tuple[str, str], dict[str, str]]:
-    """(kind, name) → labels of the repository's workloads, users and networks."""
-    found: dict[tuple[str, str], dict[str, str]] = {}
-    for w in repo.workloads:
-        found[("workload", w.name)] = dict(w.labels)
-    for u in repo.users:
-        found[("user", u.name)] = dict(u.labels)
-    for n in repo.networks:
-        found[("network", n.name)] = dict(n.labels)
-    return found
 
 
 def rebind(repo: Repository, history: Sequence[OwnershipInterval]) -> Repository:

@@ -78,6 +78,7 @@ __all__ = [
     "ImportReport",
     "StoreError",
     "StoreSettings",
+    "repository_identities",
 ]
 
 _MANIFEST = "_manifest.json"
@@ -189,6 +190,18 @@ def _open_input(path: Path) -> tuple[BinaryIO, BinaryIO]:
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
     raw.seek(0)
     return raw, raw
+
+
+def repository_identities(repo: Repository) -> dict[tuple[str, str], dict[str, str]]:
+    """(kind, name) → labels of the repository's workloads, users and networks."""
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for w in repo.workloads:
+        found[(EndpointKind.WORKLOAD.value, w.name)] = dict(w.labels)
+    for u in repo.users:
+        found[(EndpointKind.USER.value, u.name)] = dict(u.labels)
+    for n in repo.networks:
+        found[(EndpointKind.NETWORK.value, n.name)] = dict(n.labels)
+    return found
 
 
 def _write_json_atomically(path: Path, data: object) -> None:
@@ -326,14 +339,8 @@ class FlowStore:
         history = record_snapshot(before, repo, at)
         if history != before:
             self._write_history(history)
-        identities = self.identities()
-        seen = dict(identities)
-        for w in repo.workloads:
-            identities[(EndpointKind.WORKLOAD.value, w.name)] = dict(w.labels)
-        for u in repo.users:
-            identities[(EndpointKind.USER.value, u.name)] = dict(u.labels)
-        for n in repo.networks:
-            identities[(EndpointKind.NETWORK.value, n.name)] = dict(n.labels)
+        seen = self.identities()
+        identities = {**seen, **repository_identities(repo)}
         if identities != seen:
             _write_json_atomically(
                 self.inventory_dir / "identities.json",
