@@ -327,3 +327,37 @@ def test_recommend_writes_policies_that_load_with_the_repository(
     code, _, err = run("recommend", EXAMPLES, "--flows", store, "--tier", "nope", *RUN)
     assert code == 2
     assert "nope" in err
+
+
+def test_flows_may_be_a_file_imported_for_one_command(tmp_path: Path) -> None:
+    flows = tmp_path / "exported.jsonl"
+    flows.write_text("\n".join(record(WEB, API, 8080, m) for m in range(3)) + "\n")
+    draft = tmp_path / "draft"
+    shutil.copytree(EXAMPLES, draft)
+    services = draft / "services.yaml"
+    services.write_text(services.read_text().replace("ports: [tcp/8080]", "ports: [tcp/8081]"))
+    code, out, err = run(
+        "replay",
+        draft,
+        "--flows",
+        flows,
+        "--against",
+        EXAMPLES,
+        "--fail-on",
+        "newly-denied",
+        "--json",
+        *RUN,
+    )
+    assert code == 1, err
+    assert json.loads(out)["newly_denied"]["records"] == 3
+    code, out, _ = run("map", EXAMPLES, "--flows", flows, *RUN)
+    assert code == 0
+    assert json.loads(out)["edges"]
+    odd = tmp_path / "exported.txt"
+    odd.write_text("x\n")
+    code, _, err = run("replay", EXAMPLES, "--flows", odd)
+    assert code == 2
+    assert "--flows-format" in err
+    code, _, err = run("replay", EXAMPLES, "--flows", odd, "--flows-format", "hubble")
+    assert code == 0  # a file of nothing but a malformed line: replays nothing, says so
+    assert "malformed" in err

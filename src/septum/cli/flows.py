@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,6 +78,52 @@ def window_time(text: str | None, now: datetime, option: str) -> datetime | None
     if when.tzinfo is None:
         _fail(f"{option} {text!r} has no time zone (add Z or +01:00)")
     return when
+
+
+_FORMAT_BY_SUFFIX = {
+    ".parquet": "parquet",
+    ".jsonl": "agent",
+    ".csv": "csv",
+    ".pcap": "netflow",
+    ".pcapng": "netflow",
+}
+FlowsFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--flows-format",
+        help="When --flows is a file: its format (default from the suffix: .parquet, "
+        ".jsonl = agent, .csv, .pcap/.pcapng = netflow).",
+    ),
+]
+
+
+@contextmanager
+def _flow_source(path: Path, fmt: str | None, model: Any, now: datetime) -> Iterator[Any]:
+    """The flow store at ``path`` (a data directory), or a flow file imported into a
+    temporary store (attributed with ``model``) for the duration of one command."""
+    import tempfile
+
+    from septum.flows.importers import ImportOptions, importer_for
+    from septum.flows.store import FlowStore, StoreSettings
+
+    if path.is_dir():
+        yield _store(path, create=False)
+        return
+    if not path.is_file():
+        raise SeptumError(f"{path}: no such flow file or data directory")
+    name = path.name.removesuffix(".gz")
+    chosen = fmt or _FORMAT_BY_SUFFIX.get(Path(name).suffix.lower())
+    if chosen is None:
+        raise SeptumError(f"{path}: say which format it is with --flows-format")
+    with tempfile.TemporaryDirectory(prefix="septum-flows-") as tmp:
+        store = FlowStore(Path(tmp))
+        store.configure(StoreSettings(retention_days=None))
+        report = store.import_file(path, importer_for(chosen), ImportOptions(now=now), model)
+        if not report.ok:
+            raise SeptumError(f"{path}: not imported: {report.error}")
+        if report.malformed:
+            err.print(f"[yellow]{path}: {report.malformed:,} malformed line(s) left out[/]")
+        yield store
 
 
 def _store(data: Path, *, create: bool) -> Any:
@@ -410,7 +458,10 @@ FailOn = Annotated[
 def replay_command(
     draft: Annotated[Path, typer.Argument(help="Draft policy repository.")],
     flows: Annotated[
-        Path, typer.Option("--flows", envvar="SEPTUM_DATA", help="Data directory of the flows.")
+        Path,
+        typer.Option(
+            "--flows", envvar="SEPTUM_DATA", help="Data directory of the flows, or a flow file."
+        ),
     ],
     against: Annotated[
         Path | None,
@@ -420,6 +471,7 @@ def replay_command(
     until: UntilOpt = None,
     fail_on: FailOn = None,
     examples: Annotated[int, typer.Option("--examples", help="Example flows per tier.")] = 3,
+    flows_format: FlowsFormatOpt = None,
     at: AtOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -431,17 +483,18 @@ def replay_command(
         _fail(f"--fail-on {fail_on!r} is not one of newly-denied, newly-allowed, any")
     now = _now(at)
     with _reported(as_json):
-        store = _store(flows, create=False)
         draft_model = _load(draft)
         active = _load(against) if against is not None else None
-        report = replay_store(
-            store,
-            draft_model,
-            active,
-            since=window_time(since, now, "--since"),
-            until=window_time(until, now, "--until"),
-            examples=examples,
-        )
+        inventory = active if active is not None else draft_model
+        with _flow_source(flows, flows_format, inventory, now) as store:
+            report = replay_store(
+                store,
+                draft_model,
+                active,
+                since=window_time(since, now, "--since"),
+                until=window_time(until, now, "--until"),
+                examples=examples,
+            )
     failing = (fail_on in ("newly-denied", "any") and report.newly_denied > 0) or (
         fail_on in ("newly-allowed", "any") and report.newly_allowed > 0
     )
@@ -488,7 +541,10 @@ def map_command(
         typer.Argument(help="Active repository (edges marked under it); none: recorded verdicts."),
     ] = None,
     flows: Annotated[
-        Path, typer.Option("--flows", envvar="SEPTUM_DATA", help="Data directory of the flows.")
+        Path,
+        typer.Option(
+            "--flows", envvar="SEPTUM_DATA", help="Data directory of the flows, or a flow file."
+        ),
     ] = Path("septum-data"),
     granularity: Annotated[
         str, typer.Option("--granularity", help="Label keys of a node, e.g. app,env.")
@@ -499,6 +555,7 @@ def map_command(
     ] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    flows_format: FlowsFormatOpt = None,
     at: AtOpt = None,
 ) -> None:
     """The application dependency graph of the recorded flows at a label granularity, each
@@ -506,21 +563,23 @@ def map_command(
     from septum.engine.depmap import MapOptions
     from septum.flows.analysis import map_store
     from septum.flows.graphviz import render_svg
+    from septum.model.resources import Repository
     from septum.render.graph import map_to_dot, map_to_graphml, map_to_json
 
     if fmt not in ("json", "graphml", "dot", "svg"):
         _fail(f"--format {fmt!r} is not one of json, graphml, dot, svg")
     now = _now(at)
     with _reported(False):
-        store = _store(flows, create=False)
         active = _load(repo) if repo is not None else None
-        dependency_map = map_store(
-            store,
-            active,
-            MapOptions(granularity=_keys(granularity)),
-            since=window_time(since, now, "--since"),
-            until=window_time(until, now, "--until"),
-        )
+        inventory = active if active is not None else Repository()
+        with _flow_source(flows, flows_format, inventory, now) as store:
+            dependency_map = map_store(
+                store,
+                active,
+                MapOptions(granularity=_keys(granularity)),
+                since=window_time(since, now, "--since"),
+                until=window_time(until, now, "--until"),
+            )
         if fmt == "json":
             import json
 
@@ -545,7 +604,10 @@ def map_command(
 def recommend_command(
     repo: Annotated[Path, typer.Argument(help="Policy repository (inventory and tiers).")],
     flows: Annotated[
-        Path, typer.Option("--flows", envvar="SEPTUM_DATA", help="Data directory of the flows.")
+        Path,
+        typer.Option(
+            "--flows", envvar="SEPTUM_DATA", help="Data directory of the flows, or a flow file."
+        ),
     ] = Path("septum-data"),
     scope: Annotated[
         str, typer.Option("--scope", help="Selector of the workloads to protect.")
@@ -568,6 +630,7 @@ def recommend_command(
     ] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    flows_format: FlowsFormatOpt = None,
     at: AtOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -579,23 +642,24 @@ def recommend_command(
 
     now = _now(at)
     with _reported(as_json):
-        store = _store(flows, create=False)
         model = _load(repo)
         earlier = _load_policies(previous, repo) if previous is not None else ()
-        result = recommend_store(
-            store,
-            model,
-            RecommendOptions(
-                scope=parse_selector(scope),
-                granularity=_keys(granularity),
-                at=now,
-                tier=tier,
-                min_records=min_records,
-                previous=earlier,
-            ),
-            since=window_time(since, now, "--since"),
-            until=window_time(until, now, "--until"),
-        )
+        source = _flow_source(flows, flows_format, model, now)
+        with source as store:
+            result = recommend_store(
+                store,
+                model,
+                RecommendOptions(
+                    scope=parse_selector(scope),
+                    granularity=_keys(granularity),
+                    at=now,
+                    tier=tier,
+                    min_records=min_records,
+                    previous=earlier,
+                ),
+                since=window_time(since, now, "--since"),
+                until=window_time(until, now, "--until"),
+            )
         text = result.to_yaml()
         if output is not None:
             output.write_text(text)
