@@ -187,6 +187,11 @@ def import_command(
     with _reported(as_json):
         importer = importer_for(fmt)
         model = _load(repo) if repo is not None else Repository()
+        if repo is None and not as_json:
+            err.print(
+                "[yellow]no --repo: flows are attributed without an inventory (every address "
+                "is unknown)[/]"
+            )
         store = _store(data, create=True)
         options = ImportOptions(
             now=now,
