@@ -55,7 +55,6 @@ def run_agent(
     signal.signal(signal.SIGINT, on_signal)
 
     agent.start()
-    agent.write_status()
     recorder = None
     if flows is not None:
         from septum.agent.capture import FlowRecorder
@@ -75,6 +74,9 @@ def run_agent(
             ),
         )
         recorder.start()
+    # Only now say "applied": whoever waits for it (the lab, a test) may send traffic at
+    # once, and it must be recorded.
+    agent.write_status()
     try:
         if once:
             result = agent.sync(force=True)
