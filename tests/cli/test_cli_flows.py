@@ -361,3 +361,18 @@ def test_flows_may_be_a_file_imported_for_one_command(tmp_path: Path) -> None:
     code, _, err = run("replay", EXAMPLES, "--flows", odd, "--flows-format", "hubble")
     assert code == 0  # a file of nothing but a malformed line: replays nothing, says so
     assert "malformed" in err
+
+
+def test_reattribute_after_an_import_without_inventory(tmp_path: Path) -> None:
+    flows = tmp_path / "flows.jsonl"
+    flows.write_text("\n".join(record(WEB, API, 8080, m) for m in range(3)) + "\n")
+    data = tmp_path / "data"
+    code, _, err = run("flows", "import", flows, "--format", "agent", "--data", data, *RUN)
+    assert code == 0
+    assert "no --repo" in err
+    query = ("flows", "query", "--data", data, "--group-by", "app,role", "--format", "json")
+    assert json.loads(run(*query)[1])["rows"][0]["source"] == "unknown"
+    code, out, _ = run("flows", "reattribute", EXAMPLES, "--data", data, *RUN)
+    assert code == 0
+    assert "3 flow records attributed again" in out
+    assert json.loads(run(*query)[1])["rows"][0]["source"] == "app=shop,role=web"

@@ -338,3 +338,31 @@ def test_not_a_store_and_corrupt_settings(tmp_path: Path) -> None:
         FlowStore(root)
     (root / "settings.json").write_text(json.dumps({"retention_days": None}))
     assert FlowStore(root).settings.retention_days is None
+
+
+def test_reattribution_with_a_later_inventory_keeps_every_row(tmp_path: Path) -> None:
+    rows = [row(DAY + timedelta(hours=h, minutes=30), REUSED, "198.18.0.20", 5432) for h in (1, 9)]
+    rows.append(row(DAY + timedelta(days=1, hours=1), "203.0.113.7", "198.18.0.20"))
+    store = imported(tmp_path, repo(), rows)  # imported before the inventory was known
+    con = store.connect()
+    assert {k for (k,) in con.execute("SELECT DISTINCT source_kind FROM flows").fetchall()} == {
+        "unknown"
+    }
+    before = con.execute("SELECT count(*), sum(bytes) FROM flows").fetchall()
+    con.close()
+    manifest = store.partitions()
+    assert store.reattribute(three_holders(), NOW) == 3
+    con = store.connect()
+    got = con.execute(
+        "SELECT source_kind, source_name, destination_name FROM flows ORDER BY start"
+    ).fetchall()
+    after = con.execute("SELECT count(*), sum(bytes) FROM flows").fetchall()
+    con.close()
+    assert got == [
+        ("workload", "batch-a", "db"),
+        ("workload", "batch-b", "db"),
+        ("network", "internet", "db"),
+    ]
+    assert after == before
+    assert sorted(store.partitions()) == sorted(manifest)  # the same days, one file each
+    assert {str(p) for p in store.flows_dir.rglob("*.parquet")} == {str(p) for p in store.files()}

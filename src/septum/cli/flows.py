@@ -437,6 +437,20 @@ def settings_command(
     _print_json(settings.to_json())
 
 
+@flows_app.command("reattribute")
+def reattribute_command(
+    repo: Annotated[Path, typer.Argument(help="Policy repository (the inventory to use).")],
+    data: DataOpt = Path("septum-data"),
+    at: AtOpt = None,
+) -> None:
+    """Attribute every stored flow again with this inventory and the ownership history
+    (for flows imported before the inventory was known). Day by day, each all or nothing."""
+    now = _now(at)
+    with _reported(False):
+        rows = _store(data, create=False).reattribute(_load(repo), now)
+    out.print(f"{rows:,} flow records attributed again")
+
+
 @flows_app.command("inventory")
 def inventory_command(
     repo: Annotated[Path, typer.Argument(help="Policy repository (its inventory now).")],

@@ -504,9 +504,7 @@ class FlowStore:
                     days, distinct = _days(out.column("start"))
                     for day in distinct:
                         part = (
-                            out
-                            if days is None
-                            else out.filter(pc.equal(days, pa.scalar(day, _TS)))
+                            out if days is None else out.filter(pc.equal(days, pa.scalar(day, _TS)))
                         )
                         key = f"day={day.date().isoformat()}"
                         writer = writers.get(key)
@@ -572,6 +570,61 @@ class FlowStore:
             with contextlib.suppress(OSError):
                 (self.flows_dir / entry["path"]).unlink()
         return len({e["partition"] for e in drop})
+
+    # ------------------------------------------------------------------ re-attribution
+
+    def reattribute(self, repo: Repository, now: datetime) -> int:
+        """Attribute every stored flow again with ``repo``'s inventory (recorded as a
+        snapshot at ``now``) and the ownership history: for flows imported before the
+        inventory was known, or after the history was completed. One day at a time, each
+        committed through the manifest like an import (an interruption leaves every day
+        either as it was or fully re-attributed). Returns the rows rewritten."""
+        rewritten = 0
+        with self._locked():
+            self._record_inventory(repo, now)
+            attributor = BatchAttributor(repo, self.history())
+            try:
+                for partition, entries in sorted(self.partitions().items()):
+                    staging = self._staging()
+                    try:
+                        tmp = staging / "part.parquet"
+                        rows = 0
+                        with pq.ParquetWriter(
+                            tmp, ATTRIBUTED_SCHEMA, compression="zstd",
+                            write_statistics=["start", "end"],
+                        ) as writer:  # fmt: skip
+                            for entry in entries:
+                                stored = pq.ParquetFile(self.flows_dir / entry["path"])
+                                for raw in stored.iter_batches(
+                                    batch_size=1 << 20, columns=list(RAW_FIELDS)
+                                ):
+                                    batch = _conform(raw)
+                                    attributor.learn(batch)
+                                    writer.write_batch(attributor.attribute(batch))
+                                    rows += batch.num_rows
+                        target = self.flows_dir / partition / f"{staging.name}.parquet"
+                        tmp.replace(target)
+                        old = {e["path"] for e in entries}
+                        kept = [e for e in self._manifest()["files"] if e["path"] not in old]
+                        self._commit(
+                            [
+                                *kept,
+                                {
+                                    "path": str(target.relative_to(self.flows_dir)),
+                                    "partition": partition,
+                                    "rows": rows,
+                                },
+                            ]
+                        )
+                        for path in old:
+                            with contextlib.suppress(OSError):
+                                (self.flows_dir / path).unlink()
+                        rewritten += rows
+                    finally:
+                        shutil.rmtree(staging, ignore_errors=True)
+            finally:
+                attributor.close()
+        return rewritten
 
     # ------------------------------------------------------------------ compaction
 
