@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from septum.engine.attribution import Attributor, EndpointKind
 from septum.engine.ownership import OwnershipInterval, resolve_ownership
-from septum.flows.records import RAW_SCHEMA
+from septum.flows.records import RAW_SCHEMA, TIMESTAMP
 from septum.model.resources import Repository
 
 __all__ = ["ATTRIBUTED_SCHEMA", "KINDS", "BatchAttributor"]
@@ -39,7 +39,6 @@ __all__ = ["ATTRIBUTED_SCHEMA", "KINDS", "BatchAttributor"]
 KINDS: tuple[str, ...] = tuple(k.value for k in EndpointKind)
 _UNKNOWN = KINDS.index(EndpointKind.UNKNOWN.value)
 _NETWORK = KINDS.index(EndpointKind.NETWORK.value)
-_TS = pa.timestamp("us", tz="UTC")
 _DICT = pa.dictionary(pa.int32(), pa.string())
 #: What the store writes: the raw fields, then the attribution, dictionary-encoded.
 ATTRIBUTED_SCHEMA = pa.schema(
@@ -76,8 +75,8 @@ class BatchAttributor:
                 "address": pa.array([str(i.address) for i in dynamic], pa.string()),
                 "kind": pa.array([KINDS.index(i.kind.value) for i in dynamic], pa.int32()),
                 "owner": pa.array([i.owner for i in dynamic], pa.string()),
-                "valid_from": pa.array([i.start for i in dynamic], _TS),
-                "valid_until": pa.array([i.end for i in dynamic], _TS),
+                "valid_from": pa.array([i.start for i in dynamic], TIMESTAMP),
+                "valid_until": pa.array([i.end for i in dynamic], TIMESTAMP),
             }
         )
         self._con: duckdb.DuckDBPyConnection | None = None

@@ -30,6 +30,7 @@ from septum.engine.observed import protocol_of
 __all__ = [
     "RAW_FIELDS",
     "RAW_SCHEMA",
+    "TIMESTAMP",
     "Malformed",
     "Row",
     "Skipped",
@@ -54,11 +55,12 @@ Row = tuple[
     str | None,  # rule
 ]
 
-_TS = pa.timestamp("us", tz="UTC")
+#: Every time in the store: microseconds, UTC.
+TIMESTAMP = pa.timestamp("us", tz="UTC")
 RAW_SCHEMA = pa.schema(
     [
-        pa.field("start", _TS, nullable=False),
-        pa.field("end", _TS, nullable=False),
+        pa.field("start", TIMESTAMP, nullable=False),
+        pa.field("end", TIMESTAMP, nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("destination", pa.string(), nullable=False),
         pa.field("source_port", pa.int32(), nullable=False),
@@ -73,6 +75,7 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 RAW_FIELDS: tuple[str, ...] = tuple(RAW_SCHEMA.names)
+
 
 @dataclass(frozen=True, slots=True)
 class Malformed:

@@ -66,6 +66,7 @@ from septum.flows.importers import FlowImporter, ImportFormatError, ImportOption
 from septum.flows.records import (
     RAW_FIELDS,
     RAW_SCHEMA,
+    TIMESTAMP,
     Malformed,
     Row,
     Skipped,
@@ -219,10 +220,6 @@ def _write_json_atomically(path: Path, data: object) -> None:
             os.close(fd)
 
 
-def _ts(at: datetime | None) -> datetime | None:
-    return None if at is None else at.astimezone(UTC)
-
-
 class FlowStore:
     """One data directory's flows, ownership history and identities. See the module
     docstring for the layout and the commit protocol. Writers (imports, compaction,
@@ -330,11 +327,11 @@ class FlowStore:
         """Record the repository's inventory as a snapshot at ``at`` (ownership history and
         identity labels). Returns the number of history intervals."""
         with self._locked():
-            return self._record_inventory(repo, at)
+            return len(self._record_inventory(repo, at))
 
-    def _record_inventory(self, repo: Repository, at: datetime) -> int:
-        """Record a snapshot; files are rewritten only when something changed (a repeated
-        import with the same inventory writes nothing)."""
+    def _record_inventory(self, repo: Repository, at: datetime) -> tuple[OwnershipInterval, ...]:
+        """Record a snapshot and return the history after it; files are rewritten only when
+        something changed (a repeated import with the same inventory writes nothing)."""
         before = self.history()
         history = record_snapshot(before, repo, at)
         if history != before:
@@ -349,7 +346,7 @@ class FlowStore:
                     for (k, n), labels in sorted(identities.items())
                 ],
             )
-        return len(history)
+        return history
 
     def _write_history(self, history: Sequence[OwnershipInterval]) -> None:
         _write_json_atomically(
@@ -389,8 +386,9 @@ class FlowStore:
                     batches = _parquet_batches(path, report)
                 else:
                     batches = self._parsed_batches(path, importer, options, report, progress)
-                self._record_inventory(repo, options.now)
-                self._attribute_and_commit(batches, repo, options.now, staging, report)
+                history = self._record_inventory(repo, options.now)
+                attributor = BatchAttributor(repo, history)
+                self._attribute_and_commit(batches, attributor, options.now, staging, report)
             except (SeptumError, OSError, duckdb.Error, pa.ArrowException) as e:
                 report.error = str(e)
                 if isinstance(e, ImportFormatError):
@@ -469,14 +467,13 @@ class FlowStore:
     def _attribute_and_commit(
         self,
         batches: Iterator[pa.RecordBatch],
-        repo: Repository,
+        attributor: BatchAttributor,
         now: datetime,
         staging: Path,
         report: ImportReport,
     ) -> None:
         """Validate, attribute and write ``batches`` into one file per day under
         ``staging``, then move the files into place and commit the manifest."""
-        attributor = BatchAttributor(repo, self.history())
         cutoff = self._retention_cutoff(now)
         writers: dict[str, pq.ParquetWriter] = {}
         rows: Counter[str] = Counter()
@@ -494,7 +491,9 @@ class FlowStore:
                         report.malformed += batch.num_rows - kept
                         batch = batch.filter(valid)
                     if cutoff is not None and batch.num_rows:
-                        fresh = pc.greater_equal(batch.column("start"), pa.scalar(cutoff, _TS))
+                        fresh = pc.greater_equal(
+                            batch.column("start"), pa.scalar(cutoff, TIMESTAMP)
+                        )
                         kept = pc.sum(fresh).as_py() or 0
                         report.expired += batch.num_rows - kept
                         batch = batch.filter(fresh)
@@ -504,7 +503,9 @@ class FlowStore:
                     days, distinct = _days(out.column("start"))
                     for day in distinct:
                         part = (
-                            out if days is None else out.filter(pc.equal(days, pa.scalar(day, _TS)))
+                            out
+                            if days is None
+                            else out.filter(pc.equal(days, pa.scalar(day, TIMESTAMP)))
                         )
                         key = f"day={day.date().isoformat()}"
                         writer = writers.get(key)
@@ -581,10 +582,9 @@ class FlowStore:
         either as it was or fully re-attributed). Returns the rows rewritten."""
         rewritten = 0
         with self._locked():
-            self._record_inventory(repo, now)
-            attributor = BatchAttributor(repo, self.history())
+            attributor = BatchAttributor(repo, self._record_inventory(repo, now))
             try:
-                for partition, entries in sorted(self.partitions().items()):
+                for _day, entries in sorted(self.partitions().items()):
                     staging = self._staging()
                     try:
                         tmp = staging / "part.parquet"
@@ -602,23 +602,7 @@ class FlowStore:
                                     attributor.learn(batch)
                                     writer.write_batch(attributor.attribute(batch))
                                     rows += batch.num_rows
-                        target = self.flows_dir / partition / f"{staging.name}.parquet"
-                        tmp.replace(target)
-                        old = {e["path"] for e in entries}
-                        kept = [e for e in self._manifest()["files"] if e["path"] not in old]
-                        self._commit(
-                            [
-                                *kept,
-                                {
-                                    "path": str(target.relative_to(self.flows_dir)),
-                                    "partition": partition,
-                                    "rows": rows,
-                                },
-                            ]
-                        )
-                        for path in old:
-                            with contextlib.suppress(OSError):
-                                (self.flows_dir / path).unlink()
+                        self._swap(entries, tmp, f"{staging.name}.parquet", rows)
                         rewritten += rows
                     finally:
                         shutil.rmtree(staging, ignore_errors=True)
@@ -648,24 +632,8 @@ class FlowStore:
                         f"COPY (SELECT * FROM read_parquet({_sql_list(paths)}) ORDER BY start) "
                         f"TO {_sql_text(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
                     )
-                    target = self.flows_dir / partition / f"compact-{uuid.uuid4().hex[:12]}.parquet"
-                    tmp.replace(target)
-                    rows = int(pq.read_metadata(target).num_rows)
-                    old = {e["path"] for e in entries}
-                    kept = [e for e in self._manifest()["files"] if e["path"] not in old]
-                    self._commit(
-                        [
-                            *kept,
-                            {
-                                "path": str(target.relative_to(self.flows_dir)),
-                                "partition": partition,
-                                "rows": rows,
-                            },
-                        ]
-                    )
-                    for p in paths:
-                        with contextlib.suppress(OSError):
-                            Path(p).unlink()
+                    rows = int(pq.read_metadata(tmp).num_rows)
+                    self._swap(entries, tmp, f"compact-{uuid.uuid4().hex[:12]}.parquet", rows)
                     merged += 1
             finally:
                 con.close()
@@ -673,6 +641,23 @@ class FlowStore:
             orphans = self._remove_orphans()
             after = len(self._manifest()["files"])
         return CompactReport(merged, before, after, expired, orphans)
+
+    def _swap(
+        self, entries: Sequence[Mapping[str, Any]], written: Path, name: str, rows: int
+    ) -> None:
+        """Replace the files ``entries`` (of one partition) by ``written``: move it into the
+        partition as ``name``, commit the manifest, then delete the old files."""
+        partition = entries[0]["partition"]
+        target = self.flows_dir / partition / name
+        written.replace(target)
+        old = {e["path"] for e in entries}
+        kept = [e for e in self._manifest()["files"] if e["path"] not in old]
+        entry = {"path": str(target.relative_to(self.flows_dir)), "partition": partition,
+                 "rows": rows}  # fmt: skip
+        self._commit([*kept, entry])
+        for path in old:
+            with contextlib.suppress(OSError):
+                (self.flows_dir / path).unlink()
 
     def _remove_orphans(self) -> int:
         live = {str(self.flows_dir / e["path"]) for e in self._manifest()["files"]}
@@ -740,7 +725,7 @@ class FlowStore:
                     "cp_arrow",
                     pa.table(
                         {
-                            "t": pa.array(points, pa.timestamp("us", tz="UTC")),
+                            "t": pa.array(points, TIMESTAMP),
                             "i": pa.array(range(1, len(points) + 1), pa.int64()),
                         }
                     ),
@@ -845,8 +830,6 @@ def _sql_text(text: str) -> str:
 def _sql_list(items: Sequence[str]) -> str:
     return "[" + ", ".join(_sql_text(i) for i in items) + "]"
 
-
-_TS = pa.timestamp("us", tz="UTC")
 
 #: Values of columns a Parquet input may leave out.
 _DEFAULTS: dict[str, object] = {
