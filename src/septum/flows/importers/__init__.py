@@ -10,10 +10,11 @@ what the format itself carries across packets (NetFlow v9/IPFIX templates, per e
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from septum.errors import SeptumError
 from septum.flows.records import Malformed, Row, Skipped
@@ -87,3 +88,21 @@ def importer_for(name: str) -> FlowImporter:
     imported = importlib.import_module(f"septum.flows.importers.{module}")
     importer: FlowImporter = imported.IMPORTER
     return importer
+
+
+def json_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any]] | Malformed]:
+    """(line number, object) for every JSON-object line; blank lines are passed over and any
+    other line is Malformed. The framing shared by the JSON-lines formats."""
+    loads = json.loads
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            data = loads(raw)
+        except ValueError as e:  # also UnicodeDecodeError
+            yield Malformed(number, f"not JSON: {e}")
+            continue
+        if not isinstance(data, dict):
+            yield Malformed(number, "not a JSON object")
+            continue
+        yield number, data

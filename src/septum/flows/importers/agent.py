@@ -13,14 +13,13 @@ Cost: one ``json.loads`` and two ``fromisoformat`` per line (a few µs).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import Any, BinaryIO
 
 from septum.agent.capture import FlowVerdict
-from septum.flows.importers import ImportOptions
+from septum.flows.importers import ImportOptions, json_lines
 from septum.flows.records import Malformed, Row, Skipped, protocol_text
 
 __all__ = ["IMPORTER", "AgentImporter"]
@@ -52,18 +51,11 @@ class AgentImporter:
     ) -> Iterator[Row | Malformed | Skipped]:
         protocols: dict[str, str] = {}
         addresses: dict[str, str] = {}
-        loads = json.loads
-        for number, raw in enumerate(stream, 1):
-            if not raw.strip():
+        for line in json_lines(stream):
+            if isinstance(line, Malformed):
+                yield line
                 continue
-            try:
-                data = loads(raw)
-            except ValueError as e:  # also UnicodeDecodeError
-                yield Malformed(number, f"not JSON: {e}")
-                continue
-            if not isinstance(data, dict):
-                yield Malformed(number, "not a JSON object")
-                continue
+            number, data = line
             try:
                 start = _time(data["start"])
                 end = _time(data["end"])

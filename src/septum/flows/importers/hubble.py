@@ -19,12 +19,11 @@ Cost: one ``json.loads`` per line dominates (Hubble lines are about 1 KB).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from septum.flows.importers import ImportOptions
+from septum.flows.importers import ImportOptions, json_lines
 from septum.flows.records import Malformed, Row, Skipped, canonical_address
 
 __all__ = ["IMPORTER", "HubbleImporter"]
@@ -162,17 +161,11 @@ class HubbleImporter:
         self, stream: BinaryIO, origin: str, options: ImportOptions
     ) -> Iterator[Row | Malformed | Skipped]:
         fallback_reporter = options.reporter or "hubble"
-        for number, raw in enumerate(stream, 1):
-            if not raw.strip():
+        for line in json_lines(stream):
+            if isinstance(line, Malformed):
+                yield line
                 continue
-            try:
-                event = json.loads(raw)
-            except ValueError as e:  # also UnicodeDecodeError
-                yield Malformed(number, f"not JSON: {e}")
-                continue
-            if not isinstance(event, dict):
-                yield Malformed(number, "not a JSON object")
-                continue
+            number, event = line
             flow = event.get("flow")
             if flow is None:
                 other = next((k for k in _NOT_FLOWS if k in event), None)
