@@ -58,6 +58,15 @@ def record(
     )
 
 
+def broken_draft(tmp_path: Path) -> Path:
+    """The examples with the shop API moved from tcp/8080 to tcp/8081: web -> api breaks."""
+    draft = tmp_path / "draft"
+    shutil.copytree(EXAMPLES, draft)
+    services = draft / "services.yaml"
+    services.write_text(services.read_text().replace("ports: [tcp/8080]", "ports: [tcp/8081]"))
+    return draft
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     flows = tmp_path / "flows.jsonl"
@@ -209,10 +218,7 @@ def test_replay_reports_newly_denied_flows_with_owners(tmp_path: Path, store: Pa
     assert code == 0
     assert json.loads(out)["newly_denied"]["records"] == 0
 
-    draft = tmp_path / "draft"
-    shutil.copytree(EXAMPLES, draft)
-    services = draft / "services.yaml"
-    services.write_text(services.read_text().replace("ports: [tcp/8080]", "ports: [tcp/8081]"))
+    draft = broken_draft(tmp_path)
     code, out, _ = run(
         "replay",
         draft,
@@ -332,10 +338,7 @@ def test_recommend_writes_policies_that_load_with_the_repository(
 def test_flows_may_be_a_file_imported_for_one_command(tmp_path: Path) -> None:
     flows = tmp_path / "exported.jsonl"
     flows.write_text("\n".join(record(WEB, API, 8080, m) for m in range(3)) + "\n")
-    draft = tmp_path / "draft"
-    shutil.copytree(EXAMPLES, draft)
-    services = draft / "services.yaml"
-    services.write_text(services.read_text().replace("ports: [tcp/8080]", "ports: [tcp/8081]"))
+    draft = broken_draft(tmp_path)
     code, out, err = run(
         "replay",
         draft,
