@@ -618,7 +618,8 @@ class Evaluator:
                 else self._candidates(tier.name, direction, chosen)
             )
             for p in candidates:
-                if not applies(p.applies_to):
+                # candidates from the index are applicable by construction
+                if chosen is None and not applies(p.applies_to):
                     continue
                 rules = p.rules(direction)
                 assert rules is not None  # filtered in __init__
