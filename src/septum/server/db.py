@@ -1,0 +1,257 @@
+"""Storage: the server's tables (SQLAlchemy 2), the engine, and the write transaction.
+
+One schema for SQLite (the embedded default) and PostgreSQL (several replicas). The schema
+is created and changed only by Alembic migrations (``septum/server/migrations``); the ORM
+classes here must match the newest migration (a test compares them).
+
+Writes are serialized: every write transaction starts by locking the one ``control`` row
+(``SELECT … FOR UPDATE`` on PostgreSQL; on SQLite the first statement is an UPDATE, which
+takes the database's write lock). That row holds the audit chain's head and the active
+version, so concurrent writers through different replicas can never fork the audit chain or
+hand out one version number twice. Writes are rare (people and provisioning), so one lock
+costs nothing that matters; agent reports do not take it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "ApiToken",
+    "AuditEntry",
+    "Base",
+    "Control",
+    "Database",
+    "DraftDocument",
+    "User",
+    "Version",
+    "utcnow",
+]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Times are stored in UTC and always come back timezone-aware (SQLite forgets zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Control(Base):
+    """The one row every write locks first (see the module docstring)."""
+
+    __tablename__ = "control"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    active_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    audit_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    audit_hash: Mapped[str] = mapped_column(String(64))
+    #: Bumped by every change of what agents must enforce (the agents' revision).
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DraftDocument(Base):
+    """One resource of the shared draft: its whole document (apiVersion, kind, metadata,
+    spec) as JSON, and where ``pull`` writes it (file path, order in the file)."""
+
+    __tablename__ = "draft_documents"
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    body: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(253))
+
+
+class Version(Base):
+    """An immutable, numbered snapshot of the whole repository (documents compressed)."""
+
+    __tablename__ = "versions"
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(253))
+    note: Mapped[str] = mapped_column(Text)
+    #: "provision" or "rollback"
+    origin: Mapped[str] = mapped_column(String(16))
+    rollback_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    documents: Mapped[bytes] = mapped_column(LargeBinary)
+    summary: Mapped[dict[str, Any]]
+
+
+class User(Base):
+    __tablename__ = "users"
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    #: Owners: the selector text of what they may see and write policy for.
+    scope: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Owners: the team names they act for (matched against a tier's ``owners``).
+    teams: Mapped[list[Any]]
+    #: Agents: the enforcer whose state and reports are theirs.
+    enforcer: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    created_at: Mapped[datetime]
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiToken(Base):
+    """An API token: ``sep_<id>_<secret>``; only the secret's SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEntry(Base):
+    """One write, chained: ``hash = sha256(previous hash ‖ canonical JSON of the entry)``.
+    Append-only: triggers in the migration refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(253))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(Text)
+    before: Mapped[Any] = mapped_column(JSON, nullable=True)
+    after: Mapped[Any] = mapped_column(JSON, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+GENESIS_HASH = "0" * 64
+
+
+class Database:
+    """The engine, sessions, migrations and the serialized write transaction."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.sqlite:
+            # One connection per thread; the write lock is SQLite's own.
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 20
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time anyway; queueing in-process avoids busy timeouts.
+        self._local_write = threading.Lock()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ migrations
+
+    def alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent; on PostgreSQL replicas
+        starting together take an advisory lock, so one migrates and the others wait)."""
+        cfg = self.alembic_config()
+        with self.engine.begin() as conn:
+            if not self.sqlite:
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(746_3286_19)")
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        with self.sessions.begin() as s:
+            if s.get(Control, 1) is None:
+                s.add(Control(id=1, active_version=None, audit_seq=0, audit_hash=GENESIS_HASH))
+
+    def schema_revision(self) -> tuple[str | None, str | None]:
+        """(the database's migration revision, the newest one this code knows)."""
+        head = ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        return current, head
+
+    # ------------------------------------------------------------------ sessions
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self.sessions() as s:
+            yield s
+
+    @contextmanager
+    def write(self) -> Iterator[tuple[Session, Control]]:
+        """A write transaction holding the control row's lock: commits on success, rolls
+        back everything (the change and its audit entries) on any exception."""
+        with self._local_write, self.sessions.begin() as s:
+            if self.sqlite:
+                s.execute(update(Control).where(Control.id == 1).values(id=1))
+                control = s.execute(select(Control).where(Control.id == 1)).scalar_one()
+            else:
+                control = s.execute(
+                    select(Control).where(Control.id == 1).with_for_update()
+                ).scalar_one()
+            yield s, control
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

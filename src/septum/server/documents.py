@@ -1,0 +1,263 @@
+"""Documents as the server stores them, and the way back to the validated model.
+
+A stored document is exactly what a YAML file holds after parsing (``apiVersion``, ``kind``,
+``metadata``, ``spec``) as JSON, plus the file it belongs to and its order there, so that
+``septum pull`` writes back the layout ``septum push`` read. The model is built by the same
+parser as files (``parse_documents``). API callers get problems by document and field
+(``Policy/web: spec.ingress[0].ports[0]: …``) instead of file positions: each value of a
+document is given a synthetic position (its own line number), and a problem's line is
+mapped back to the field path it stands for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from septum.errors import Problem, SeptumError, ValidationError
+from septum.model.documents import Position, SourceDocument
+from septum.model.parse import UnresolvedReferences, parse_documents
+from septum.model.resources import Repository
+
+__all__ = [
+    "INVENTORY_KINDS",
+    "KINDS",
+    "DocumentError",
+    "FieldProblem",
+    "StoredDocument",
+    "build_repository",
+    "check_document",
+    "decode_documents",
+    "default_path",
+    "diff_documents",
+    "documents_digest",
+    "encode_documents",
+]
+
+#: Kinds a repository may hold, and the collection name each has in the API.
+KINDS: dict[str, str] = {
+    "Workload": "workloads",
+    "Network": "networks",
+    "User": "users",
+    "UserGroup": "usergroups",
+    "Service": "services",
+    "Segment": "segments",
+    "Tier": "tiers",
+    "Policy": "policies",
+    "Assertion": "assertions",
+    "Settings": "settings",
+}
+COLLECTIONS: dict[str, str] = {v: k for k, v in KINDS.items()}
+INVENTORY_KINDS = frozenset({"Workload", "Network", "User", "UserGroup"})
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """A problem in one document, at a field path (``spec.ingress[0].ports[0]``)."""
+
+    document: str  # "Kind/name"
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.document}: {self.field}" if self.field else self.document
+        return f"{where}: {self.message}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"document": self.document, "field": self.field, "message": self.message}
+
+
+class DocumentError(SeptumError):
+    """Documents that do not validate; ``problems`` name each document and field."""
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    kind: str
+    name: str
+    path: str
+    position: int
+    body: Mapping[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "position": self.position, "body": self.body}
+
+
+def default_path(kind: str, name: str) -> str:
+    """Where ``pull`` writes a document created through the API."""
+    return f"{KINDS.get(kind, kind.lower())}/{name}.yaml"
+
+
+def envelope(body: object, where: str = "document") -> tuple[str, str]:
+    """(kind, name) of a document body, or DocumentError naming the missing field."""
+    if not isinstance(body, dict):
+        raise DocumentError([FieldProblem(where, "", "a document must be a JSON object")])
+    kind = body.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise DocumentError(
+            [FieldProblem(where, "kind", f"must be one of {', '.join(sorted(KINDS))}")]
+        )
+    meta = body.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        raise DocumentError([FieldProblem(where, "metadata.name", "a name is required")])
+    return kind, name
+
+
+# ------------------------------------------------------------------ field positions
+
+
+def _field(path: tuple[object, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _walk(value: object, path: tuple[object, ...]) -> Iterator[tuple[tuple[object, ...], object]]:
+    yield path, value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk(v, (*path, i))
+
+
+def _source_document(doc: StoredDocument) -> tuple[SourceDocument, dict[int, str]]:
+    """A SourceDocument whose every value sits on its own line, and line → field path."""
+    values: dict[tuple[object, ...], Position] = {}
+    keys: dict[tuple[object, ...], Position] = {}
+    fields: dict[int, str] = {}
+    for line, (path, _value) in enumerate(_walk(doc.body, ()), start=1):
+        values[path] = Position(line, 2)
+        keys[path] = Position(line, 1)
+        fields[line] = _field(path)
+    src = SourceDocument(
+        file=f"{doc.kind}/{doc.name}",
+        value=json.loads(json.dumps(doc.body)),  # plain dicts and lists, never shared
+        start=Position(1, 2),
+        values=values,
+        keys=keys,
+    )
+    return src, fields
+
+
+def _field_problems(
+    problems: Iterable[Problem], fields: Mapping[str, Mapping[int, str]]
+) -> list[FieldProblem]:
+    return [
+        FieldProblem(p.file, fields.get(p.file, {}).get(p.line, ""), p.message)
+        for p in problems
+    ]
+
+
+def build_repository(docs: Sequence[StoredDocument]) -> Repository:
+    """Validate and build the repository the documents describe (in ``path``, ``position``
+    order, as files load). Raises DocumentError naming each document and field."""
+    sources: list[SourceDocument] = []
+    fields: dict[str, dict[int, str]] = {}
+    for doc in sorted(docs, key=lambda d: (d.path, d.position, d.kind, d.name)):
+        src, lines = _source_document(doc)
+        sources.append(src)
+        fields[src.file] = lines
+    try:
+        return parse_documents(sources)
+    except ValidationError as exc:
+        raise DocumentError(_field_problems(exc.problems, fields)) from None
+
+
+def check_document(doc: StoredDocument) -> None:
+    """Validate one document on its own (shape, types, selectors, ports; not references
+    to other documents). Raises DocumentError."""
+    src, lines = _source_document(doc)
+    try:
+        parse_documents([src], check_references=False)
+    except UnresolvedReferences:
+        return  # references are checked with the whole draft (validate, provision)
+    except ValidationError as exc:
+        raise DocumentError(_field_problems(exc.problems, {src.file: lines})) from None
+
+
+# ------------------------------------------------------------------ versions
+
+
+def _sorted(docs: Iterable[StoredDocument]) -> list[StoredDocument]:
+    return sorted(docs, key=lambda d: (d.path, d.position, d.kind, d.name))
+
+
+def canonical_json(docs: Iterable[StoredDocument]) -> bytes:
+    return json.dumps(
+        [{"kind": d.kind, "name": d.name, **d.to_json()} for d in _sorted(docs)],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
+def documents_digest(docs: Iterable[StoredDocument]) -> str:
+    """SHA-256 of the documents' canonical JSON: equal digests, equal repositories."""
+    return hashlib.sha256(canonical_json(docs)).hexdigest()
+
+
+def encode_documents(docs: Iterable[StoredDocument]) -> bytes:
+    return zlib.compress(canonical_json(docs), 6)
+
+
+def decode_documents(blob: bytes) -> list[StoredDocument]:
+    return [
+        StoredDocument(e["kind"], e["name"], e["path"], e["position"], e["body"])
+        for e in json.loads(zlib.decompress(blob))
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentChange:
+    kind: str
+    name: str
+    change: str  # "added" | "removed" | "changed"
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "change": self.change,
+            "before": self.before,
+            "after": self.after,
+        }
+
+
+def diff_documents(
+    before: Iterable[StoredDocument], after: Iterable[StoredDocument]
+) -> list[DocumentChange]:
+    """Documents added, removed and changed (by content; a move between files is not a
+    change of meaning and is not listed), sorted by kind and name."""
+    old = {d.key: d for d in before}
+    new = {d.key: d for d in after}
+    changes: list[DocumentChange] = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if a is None and b is not None:
+            changes.append(DocumentChange(*key, "added", None, b.body))
+        elif b is None and a is not None:
+            changes.append(DocumentChange(*key, "removed", a.body, None))
+        elif a is not None and b is not None and a.body != b.body:
+            changes.append(DocumentChange(*key, "changed", a.body, b.body))
+    return changes
