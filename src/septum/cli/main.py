@@ -685,7 +685,8 @@ def _nft_check(nft: str | None, script: str) -> str:
 
 
 # Visibility commands (flows, replay, map, recommend) use the plumbing above.
-import septum.cli.flows  # noqa: E402, F401
+import septum.cli.flows  # noqa: E402
+import septum.cli.server  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     # Run as ``python -m septum.cli.main``, this module is ``__main__``; the visibility

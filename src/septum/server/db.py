@@ -213,7 +213,7 @@ class Database:
         cfg = self.alembic_config()
         with self.engine.begin() as conn:
             if not self.sqlite:
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(746_3286_19)")
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7463286119)")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         with self.sessions.begin() as s:

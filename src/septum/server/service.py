@@ -118,6 +118,15 @@ def authenticate(db: Database, token: str, now: datetime) -> Principal:
         return principal_of(user)
 
 
+def principal_of_name(db: Database, name: str) -> Principal:
+    """The principal of a user by name (for the CLI's direct database commands)."""
+    with db.read() as s:
+        user = s.get(User, name)
+        if user is None:
+            raise NotFound(f"no user {name!r}")
+        return principal_of(user)
+
+
 def principal_of(user: User) -> Principal:
     return Principal.of(user.name, user.role, user.scope, list(user.teams), user.enforcer)
 
@@ -736,7 +745,9 @@ def audit_entries(
     require(p, Permission.READ_AUDIT)
     with db.read() as s:
         rows = audit.database_entries(s, after=after, limit=limit)
-        return {"entries": [audit.entry_json(e) for e in rows]}
+        control = s.get(Control, 1)
+        head = {"seq": control.audit_seq, "hash": control.audit_hash} if control else None
+        return {"entries": [audit.entry_json(e) for e in rows], "head": head}
 
 
 def verify_audit(db: Database, p: Principal) -> dict[str, Any]:
