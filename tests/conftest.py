@@ -59,3 +59,65 @@ def netns() -> Iterator[str]:
     """A fresh, empty network namespace, deleted when the test ends, even when it fails."""
     with netns_context() as name:
         yield name
+
+
+# --- PostgreSQL: a private cluster per session, a database per test (tests/postgres.py) ------
+# Imported here rather than at the top to keep this block in one piece; tests/postgres.py
+# imports psycopg only when a server starts.
+from typing import NoReturn  # noqa: E402
+
+from tests.postgres import (  # noqa: E402
+    PostgresInstall,
+    PostgresServer,
+    PostgresUnavailable,
+    find_postgres,
+    running_postgres,
+)
+
+
+def require_postgres() -> PostgresInstall:
+    """The PostgreSQL server programs and whom to run them as, when this machine has them.
+    Outside CI a machine without them skips; in CI (CI=true) the test fails instead."""
+    try:
+        return find_postgres()
+    except PostgresUnavailable as e:
+        _postgres_unavailable(str(e))
+
+
+def _postgres_unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(
+            f"CI must run this test: it needs PostgreSQL, which scripts/test.sh installs "
+            f"(Debian package postgresql): {reason}"
+        )
+    pytest.skip(f"needs PostgreSQL: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster on 127.0.0.1 for the whole session, started on first use
+    and stopped (its directory deleted) at the end, even when tests fail."""
+    install = require_postgres()
+    with running_postgres(install) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """SQLAlchemy URL (postgresql+psycopg) of a new, empty database for this test alone,
+    dropped afterwards (ending any session the test left connected)."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], ids=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLAlchemy URL of an empty database, once on SQLite (a file in tmp_path) and once on
+    PostgreSQL (``postgres_url``), so that one test covers both storage back ends."""
+    if request.param == "sqlite":
+        return f"sqlite+pysqlite:///{tmp_path / 'septum.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
