@@ -121,6 +121,14 @@ State = Annotated[
 ]
 
 
+#: Status codes of the service's plain errors (any other SeptumError is a 400).
+_STATUS: dict[type[Exception], int] = {
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+}
+
 # ------------------------------------------------------------------ the caller
 
 
@@ -186,21 +194,11 @@ def create_app(ctx: AppContext) -> FastAPI:
     def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": message, **extra}, status_code=status)
 
-    @app.exception_handler(Unauthorized)
-    async def _401(_r: Request, exc: Unauthorized) -> JSONResponse:
-        return _problem(401, str(exc))
+    async def _plain(_r: Request, exc: Exception) -> JSONResponse:
+        return _problem(_STATUS.get(type(exc), 400), str(exc))
 
-    @app.exception_handler(Forbidden)
-    async def _403(_r: Request, exc: Forbidden) -> JSONResponse:
-        return _problem(403, str(exc))
-
-    @app.exception_handler(NotFound)
-    async def _404(_r: Request, exc: NotFound) -> JSONResponse:
-        return _problem(404, str(exc))
-
-    @app.exception_handler(Conflict)
-    async def _409(_r: Request, exc: Conflict) -> JSONResponse:
-        return _problem(409, str(exc))
+    for error in (*_STATUS, SeptumError):
+        app.add_exception_handler(error, _plain)
 
     @app.exception_handler(DocumentError)
     async def _422(_r: Request, exc: DocumentError) -> JSONResponse:
@@ -210,9 +208,6 @@ def create_app(ctx: AppContext) -> FastAPI:
     async def _refused(_r: Request, exc: ProvisionRefused) -> JSONResponse:
         return _problem(422, str(exc), **exc.details)
 
-    @app.exception_handler(SeptumError)
-    async def _400(_r: Request, exc: SeptumError) -> JSONResponse:
-        return _problem(400, str(exc))
 
 
     # ---------------------------------------------------------------- operations

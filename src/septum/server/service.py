@@ -314,17 +314,7 @@ def put_document(
         _check_write(s, p, kind, before, after)
         check_document(after)
         if row is None:
-            s.add(
-                DraftDocument(
-                    kind=kind,
-                    name=name,
-                    path=after.path,
-                    position=after.position,
-                    body=dict(body),
-                    updated_at=now,
-                    updated_by=p.name,
-                )
-            )
+            s.add(_draft_row(after, now, p.name))
         elif row.body == body and row.path == after.path:
             return dict(body)
         else:
@@ -430,19 +420,7 @@ def replace_draft(
             (d.key, d.path, d.position) for d in docs
         }:
             return {"changed": 0, "digest": documents_digest(docs)}
-        s.execute(delete(DraftDocument))
-        for d in docs:
-            s.add(
-                DraftDocument(
-                    kind=d.kind,
-                    name=d.name,
-                    path=d.path,
-                    position=d.position,
-                    body=dict(d.body),
-                    updated_at=now,
-                    updated_by=p.name,
-                )
-            )
+        _set_draft(s, docs, now, p.name)
         audit.append(
             s,
             control,
@@ -490,20 +468,21 @@ def reset_draft(db: Database, p: Principal, now: datetime) -> dict[str, Any]:
     return {"changed": len(changes)}
 
 
+def _draft_row(d: StoredDocument, now: datetime, actor: str) -> DraftDocument:
+    return DraftDocument(
+        kind=d.kind,
+        name=d.name,
+        path=d.path,
+        position=d.position,
+        body=dict(d.body),
+        updated_at=now,
+        updated_by=actor,
+    )
+
+
 def _set_draft(s: Session, docs: Sequence[StoredDocument], now: datetime, actor: str) -> None:
     s.execute(delete(DraftDocument))
-    for d in docs:
-        s.add(
-            DraftDocument(
-                kind=d.kind,
-                name=d.name,
-                path=d.path,
-                position=d.position,
-                body=dict(d.body),
-                updated_at=now,
-                updated_by=actor,
-            )
-        )
+    s.add_all(_draft_row(d, now, actor) for d in docs)
 
 
 def validate_draft(db: Database, p: Principal) -> dict[str, Any]:
