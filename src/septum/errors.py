@@ -9,6 +9,7 @@ the core is a bug.
     │     .problems: list[Problem]   each with file, line, column and message
     ├── LookupFailed               a CLI/API argument names no workload, address or enforcer
     ├── RenderError                a target cannot express something it was asked to render
+    ├── render.wire.WireError      a ruleset or delta received as JSON is malformed (.location)
     │
     │   defined at the edges, next to the port they belong to:
     ├── agent.backend.ApplyFailed        nft refused a transaction (nothing of it applied)
@@ -18,7 +19,15 @@ the core is a bug.
     ├── agent.conntrack.ConntrackError   the conntrack tool failed
     │     └── ConntrackParseError          a line of its output was not understood
     ├── agent.capture.CaptureError       flow recording cannot start or write
-    └── lab.plan.LabError                a repository cannot be played in the lab
+    ├── lab.plan.LabError                a repository cannot be played in the lab
+    ├── server.documents.DocumentError   API documents that do not validate (document, field)
+    ├── server.service.Unauthorized      no valid API token (401)
+    ├── server.service.Forbidden         the caller's role or scope does not allow it (403)
+    ├── server.service.NotFound          no such resource, version or user (404)
+    ├── server.service.Conflict          nothing to provision, or a concurrent change (409)
+    ├── server.service.ProvisionRefused  the draft is invalid or an assertion fails (422)
+    ├── server.ca.CertificateError       a CSR, certificate or enforcer name is refused
+    └── server.client.ApiError           the API answered with an error status
 """
 
 from __future__ import annotations
