@@ -91,9 +91,9 @@ def explained_client_error(
     if not 400 <= response.status_code < 500:
         return None
     body = response.json()
-    assert isinstance(body, dict) and ("error" in body or "detail" in body), (
-        f"{response.status_code} without an explanation: {response.text[:200]}"
-    )
+    why = f"{response.status_code} without an explanation: {response.text[:200]}"
+    assert isinstance(body, dict), why
+    assert "error" in body or "detail" in body, why
     return True
 
 
