@@ -15,7 +15,7 @@ def test_orm_matches_the_migrations(database_url: str) -> None:
         db.migrate()
         db.migrate()  # idempotent
         current, head = db.schema_revision()
-        assert current == head == "0001"
+        assert current == head == "0002"
         with db.engine.connect() as conn:
             differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert differences == []

@@ -45,12 +45,18 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "AgentCertificate",
     "ApiToken",
     "AuditEntry",
+    "Authority",
     "Base",
     "Control",
     "Database",
     "DraftDocument",
+    "EnforcerChange",
+    "EnforcerState",
+    "EnforcerStatus",
+    "JoinToken",
     "User",
     "Version",
     "utcnow",
@@ -169,6 +175,90 @@ class AuditEntry(Base):
     after: Mapped[Any] = mapped_column(JSON, nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Authority(Base):
+    """The control plane's certificate authority (one row, id 1), shared by every replica.
+    Its private key is stored as PEM: whoever can read the database can mint agents, so the
+    database is as sensitive as the key (protect it like one)."""
+
+    __tablename__ = "authority"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    certificate: Mapped[str] = mapped_column(Text)
+    private_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class JoinToken(Base):
+    """A one-time join token ``sepj_<id>_<secret>`` bound to one enforcer; only the secret's
+    SHA-256 is stored. ``used_at`` is set by the enrolment that consumed it."""
+
+    __tablename__ = "join_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    enforcer: Mapped[str] = mapped_column(String(253))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(253))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The certificate issued with it (hex serial).
+    serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class AgentCertificate(Base):
+    """A client certificate issued to an agent; checked on every agent request."""
+
+    __tablename__ = "agent_certificates"
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex
+    enforcer: Mapped[str] = mapped_column(String(253), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime]
+    not_after: Mapped[datetime]
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(253), nullable=True)
+
+
+class EnforcerState(Base):
+    """The desired state of one enforcer: its whole host ruleset (wire JSON, zlib) at
+    ``revision``, made from version ``version``. Revisions come from ``control.revision``:
+    one number per provision that changed anything, so an enforcer's revisions increase but
+    skip the provisions that left it alone."""
+
+    __tablename__ = "enforcer_states"
+    enforcer: Mapped[str] = mapped_column(String(253), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    ruleset: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime]
+
+
+class EnforcerChange(Base):
+    """How one enforcer got to ``revision`` from its previous one: element deltas (wire
+    JSON, zlib) when only set and map elements changed, else ``full`` (no deltas). The last
+    few are kept, so that an agent a few revisions behind gets deltas, not the whole table."""
+
+    __tablename__ = "enforcer_changes"
+    enforcer: Mapped[str] = mapped_column(String(253), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    previous: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(Integer)
+    full: Mapped[bool] = mapped_column(Boolean)
+    deltas: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime]
+
+
+class EnforcerStatus(Base):
+    """What an enforcer's agent reported last (not under the control row's lock)."""
+
+    __tablename__ = "enforcer_status"
+    enforcer: Mapped[str] = mapped_column(String(253), primary_key=True)
+    applied_revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    counters: Mapped[dict[str, Any]]
+    serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    reported_at: Mapped[datetime]
 
 
 GENESIS_HASH = "0" * 64
