@@ -124,6 +124,7 @@ __all__ = [
     "build_fail_closed_ruleset",
     "build_host_ruleset",
     "build_workload_chains",
+    "compose_deltas",
     "diff_rulesets",
     "dispatch_map_name",
     "element_sort_key",
@@ -433,6 +434,44 @@ def apply_delta(ruleset: HostRuleset, delta: RulesetDelta | Iterable[ElementDelt
         sets=tuple(patch_set(s) for s in ruleset.sets),
         maps=tuple(patch_map(m) for m in ruleset.maps),
     )
+
+
+def compose_deltas(steps: Iterable[Iterable[ElementDelta]]) -> tuple[ElementDelta, ...]:
+    """One list of element deltas with the effect of ``steps`` applied one after the other.
+
+    For an agent several revisions behind: the control plane keeps each revision's deltas
+    and sends their composition, which the agent applies as one transaction. Each step must
+    be a proper delta of the state it applies to (what ``diff_rulesets`` gives: additions
+    absent from it, removals present in it), so that the composition only ever deletes
+    elements the base state holds (nft refuses to delete a missing element). Per name, with
+    steps (a1, r1) then (a2, r2): removed = r1 ∪ (r2 − a1), added = (a1 − r2) ∪ a2, and what
+    is in both (removed, then re-added as it was) is dropped from both. Sorted as
+    ``diff_rulesets`` sorts. Cost: O(elements of the steps).
+    """
+    added: dict[str, set[Element]] = {}
+    removed: dict[str, set[Element]] = {}
+    order: list[str] = []
+    for step in steps:
+        for d in step:
+            if d.name not in added:
+                added[d.name], removed[d.name] = set(), set()
+                order.append(d.name)
+            a1, r1 = added[d.name], removed[d.name]
+            a2, r2 = set(d.added), set(d.removed)
+            r1 |= r2 - a1
+            a1 -= r2
+            a1 |= a2
+            both = a1 & r1
+            a1 -= both
+            r1 -= both
+    out: list[ElementDelta] = []
+    for name in sorted(order):
+        a, r = added[name], removed[name]
+        if a or r:
+            out.append(
+                ElementDelta(name, tuple(sorted(a, key=_sort_key)), tuple(sorted(r, key=_sort_key)))
+            )
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------- naming
