@@ -69,9 +69,9 @@ class Harness:
 
 @contextmanager
 def running_harness(
-    database_url: str, data: Path, *, provisioned: bool = True
+    database_url: str, data: Path, *, provisioned: bool = True, poll_interval: float = 2.0
 ) -> Iterator[Harness]:
-    settings = ServerSettings(data_dir=data, database_url=database_url)
+    settings = ServerSettings(data_dir=data, database_url=database_url, poll_interval=poll_interval)
     db = Database(settings.url)
     db.migrate()
     now = EXAMPLES_AT

@@ -46,6 +46,7 @@ from septum.server.db import (
     User,
     Version,
 )
+from septum.server.desired import EnforcerPlan, plan_desired_state
 from septum.server.documents import (
     INVENTORY_KINDS,
     DocumentError,
@@ -60,6 +61,7 @@ from septum.server.documents import (
     encode_documents,
     envelope,
 )
+from septum.server.states import RulesetCache, previous_loader, publish, stored_digests
 
 __all__ = [
     "Conflict",
@@ -518,8 +520,7 @@ def check_assertions(
     if p.scoped:
         # Counter-examples name workloads; owners see only those in scope.
         out["results"] = [
-            {k: v for k, v in r.to_json().items() if k != "counterexample"}
-            for r in report.results
+            {k: v for k, v in r.to_json().items() if k != "counterexample"} for r in report.results
         ]
     return out
 
@@ -544,25 +545,31 @@ def _replay(
     from septum.flows.store import FlowStore
 
     store = FlowStore(source.directory, create=False)
-    report = replay_store(
-        store, draft, active, since=now - timedelta(days=source.days), until=now
-    )
+    report = replay_store(store, draft, active, since=now - timedelta(days=source.days), until=now)
     return report.to_json()
 
 
 def provision(
-    db: Database, p: Principal, note: str, now: datetime, replay_source: ReplaySource
+    db: Database,
+    p: Principal,
+    note: str,
+    now: datetime,
+    replay_source: ReplaySource,
+    rulesets: RulesetCache | None = None,
 ) -> dict[str, Any]:
     """Validate the draft, run every assertion, replay recent flows, and make the draft
-    the next numbered version. Refuses (changing nothing) when the draft is invalid, an
-    assertion fails, or nothing changed."""
+    the next numbered version, with the new desired state of every enforcer it changes.
+    Refuses (changing nothing) when the draft is invalid, an assertion fails, or nothing
+    changed."""
     require(p, Permission.PROVISION)
     if not note.strip():
         raise DocumentError([FieldProblem("provision", "note", "a note is required")])
+    rulesets = rulesets or RulesetCache()
     with db.read() as s:
         draft = draft_documents(s)
         active = active_documents(s)
         base_version = (s.get(Control, 1) or Control()).active_version
+        digests = stored_digests(s)
     changes = _change_list(active, draft)
     if not changes:
         raise Conflict("the draft equals the active version: nothing to provision")
@@ -580,18 +587,25 @@ def provision(
         )
     active_repo = build_repository(active) if active else None
     replay_json = _replay(replay_source, draft_repo, active_repo, now)
-    summary = {
+    # Planned outside the lock from the states of ``base_version``; the write below checks
+    # that nothing was provisioned meanwhile, so the plan is still a diff of the stored.
+    plans = plan_desired_state(draft_repo, now, digests, previous_loader(db, digests, rulesets))
+    enforcers = _plan_summary(plans)
+    summary: dict[str, Any] = {
         "changes": [{k: c[k] for k in ("kind", "name", "change")} for c in changes],
         "counts": _counts(draft_repo),
         "assertions": {"total": len(report.results), "failed": 0},
         "replay": replay_json,
+        "enforcers": enforcers,
     }
     with db.write() as (s, control):
         if control.active_version != base_version or documents_digest(
             draft_documents(s)
         ) != documents_digest(draft):
             raise Conflict("the draft or the active version changed meanwhile; try again")
+        enforcers["revision"] = control.revision + 1  # what ``_new_version`` makes it
         number = _new_version(s, control, draft, p.name, note, "provision", None, summary, now)
+        publish(s, control, plans, number, now)
         audit.append(
             s,
             control,
@@ -602,7 +616,17 @@ def provision(
             before={"version": base_version},
             after={"version": number, "note": note, "changes": changes},
         )
+    rulesets.put(plans)
     return {"version": number, **summary}
+
+
+def _plan_summary(plans: Sequence[EnforcerPlan]) -> dict[str, Any]:
+    """Which enforcers receive an update, and of which kind."""
+    return {
+        "updated": len(plans),
+        "full": sorted(x.enforcer for x in plans if x.full),
+        "delta": sorted(x.enforcer for x in plans if not x.full),
+    }
 
 
 def _new_version(
@@ -637,23 +661,37 @@ def _new_version(
 
 
 def rollback(
-    db: Database, p: Principal, number: int, note: str, now: datetime
+    db: Database,
+    p: Principal,
+    number: int,
+    note: str,
+    now: datetime,
+    rulesets: RulesetCache | None = None,
 ) -> dict[str, Any]:
     """A new version with the documents of version ``number``; the draft becomes it too
     (pending draft changes are discarded and recorded in the audit entry)."""
     require(p, Permission.PROVISION)
     if not note.strip():
         raise DocumentError([FieldProblem("rollback", "note", "a note is required")])
+    rulesets = rulesets or RulesetCache()
     with db.write() as (s, control):
         target = decode_documents(_version_row(s, number).documents)
         active = active_documents(s, control)
         draft = draft_documents(s)
         changes = _change_list(active, target)
-        summary = {
+        summary: dict[str, Any] = {
             "changes": [{k: c[k] for k in ("kind", "name", "change")} for c in changes],
             "rollback_of": number,
         }
+        digests = stored_digests(s)
+        plans = plan_desired_state(
+            build_repository(target), now, digests, previous_loader(db, digests, rulesets)
+        )
+        enforcers = _plan_summary(plans)
+        enforcers["revision"] = control.revision + 1  # what ``_new_version`` makes it
+        summary["enforcers"] = enforcers
         new = _new_version(s, control, target, p.name, note, "rollback", number, summary, now)
+        publish(s, control, plans, new, now)
         _set_draft(s, target, now, p.name)
         audit.append(
             s,
@@ -665,6 +703,7 @@ def rollback(
             before={"version": new - 1, "discarded_draft": _change_list(active, draft)},
             after={"version": new, "rollback_of": number, "note": note, "changes": changes},
         )
+    rulesets.put(plans)
     return {"version": new, **summary}
 
 
@@ -699,9 +738,7 @@ def get_version(db: Database, p: Principal, number: int) -> dict[str, Any]:
         return {
             **_version_json(v),
             "summary": v.summary,
-            "documents": [
-                {"path": d.path, "body": d.body} for d in docs if visible(p, d)
-            ],
+            "documents": [{"path": d.path, "body": d.body} for d in docs if visible(p, d)],
         }
 
 
@@ -718,9 +755,7 @@ def diff_versions(db: Database, p: Principal, before: str, after: str) -> dict[s
 # ------------------------------------------------------------------ audit
 
 
-def audit_entries(
-    db: Database, p: Principal, after: int = 0, limit: int = 1000
-) -> dict[str, Any]:
+def audit_entries(db: Database, p: Principal, after: int = 0, limit: int = 1000) -> dict[str, Any]:
     require(p, Permission.READ_AUDIT)
     with db.read() as s:
         rows = audit.database_entries(s, after=after, limit=limit)
@@ -734,9 +769,10 @@ def verify_audit(db: Database, p: Principal) -> dict[str, Any]:
     with db.read() as s:
         control = s.get(Control, 1)
         head = (control.audit_seq, control.audit_hash) if control else (0, GENESIS_HASH)
-        entries = (audit.entry_json(e) for e in s.execute(
-            select(AuditEntry).order_by(AuditEntry.seq)
-        ).scalars())
+        entries = (
+            audit.entry_json(e)
+            for e in s.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars()
+        )
         count, problems = audit.verify_entries(entries, head)
     return {"ok": not problems, "entries": count, "problems": [x.to_json() for x in problems]}
 
@@ -904,7 +940,4 @@ def bootstrap_admin(db: Database, name: str, now: datetime) -> dict[str, Any] | 
         if s.execute(select(User).limit(1)).first() is not None:
             return None
         create_user(None, None, name, Role.ADMIN.value, now, session=(s, control))
-        return create_token(
-            None, None, name, now, description="bootstrap", session=(s, control)
-        )
-
+        return create_token(None, None, name, now, description="bootstrap", session=(s, control))

@@ -25,6 +25,9 @@ class ServerSettings:
     replay_days: int = 7
     #: Run migrations to the newest schema at start (replicas racing is safe: see ``db``).
     migrate: bool = True
+    #: Agents' long-polls re-read enforcer revisions at least this often (seconds), in
+    #: case a notification was lost (or the database cannot send them: SQLite).
+    poll_interval: float = 2.0
 
     @property
     def url(self) -> str:

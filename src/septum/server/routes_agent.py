@@ -1,0 +1,136 @@
+"""HTTP routes that agents follow: their enforcer's desired state (long-poll) and their
+status reports; and the operators' view of every enforcer.
+
+``GET /agent/v1/state?revision=N&wait=S`` answers at once when the enforcer's revision is
+not N (a delta or the whole table, see ``states``), else waits up to S seconds for a change
+(``watch.StateBoard``) and answers ``unchanged`` when none came. An agent loops on it with
+the revision it holds; one request per agent is open at any time, each costing a coroutine,
+not a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from septum.server.app import AppContext, Caller
+from septum.server.auth import Permission, Principal
+from septum.server.db import AgentCertificate, Database, EnforcerState, EnforcerStatus
+from septum.server.routes_enrolment import AgentCaller
+from septum.server.service import Forbidden
+from septum.server.states import StateAnswers, unchanged
+from septum.server.watch import StateBoard
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+#: The longest a long-poll may wait (seconds); proxies commonly cut idle requests at 60.
+MAX_WAIT = 55.0
+
+
+class StatusReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision: int | None = Field(default=None, ge=0, le=2**62, description="Applied revision.")
+    outcome: str = Field(min_length=1, max_length=32, description="full, delta, failed, …")
+    error: str | None = Field(default=None, max_length=10_000)
+    counters: dict[str, int] = Field(default_factory=dict, max_length=64)
+
+
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def _enforcer(p: Principal) -> str:
+    if p.enforcer is None:
+        raise Forbidden(f"agent {p.name!r} is bound to no enforcer")
+    return p.enforcer
+
+
+@router.get("/agent/v1/state", tags=["agent"])
+async def agent_state(
+    request: Request,
+    p: AgentCaller,
+    revision: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 25.0,
+) -> Response:
+    """The caller's desired state newer than ``revision``: ``full`` (``ruleset``), ``delta``
+    (``deltas`` from ``from``), or ``unchanged`` after waiting ``wait`` seconds."""
+    enforcer = _enforcer(p)
+    board: StateBoard = request.app.state.board
+    answers: StateAnswers = request.app.state.answers
+    await board.ensure_started()
+    deadline = time.monotonic() + wait
+    while True:
+        found = await run_in_threadpool(answers.answer, enforcer, revision)
+        if found is not None:
+            return Response(found[1], media_type="application/json")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Response(unchanged(enforcer, revision, None), media_type="application/json")
+        await board.wait_changed(enforcer, revision, remaining)
+
+
+@router.post("/agent/v1/status", tags=["agent"])
+def agent_status(report: StatusReport, request: Request, p: AgentCaller) -> dict[str, Any]:
+    """Record what the caller's agent applied (its revision, the outcome, its counters)."""
+    ctx = _ctx(request)
+    enforcer = _enforcer(p)
+    now = ctx.clock()
+    _record_status(ctx.db, enforcer, report, now)
+    return {"enforcer": enforcer, "recorded_at": now.isoformat()}
+
+
+def _record_status(db: Database, enforcer: str, report: StatusReport, now: datetime) -> None:
+    # Not under the control row's lock: a report is the agent's own row, and agents report
+    # often; one agent per enforcer, so two writers of one row do not race.
+    with db.sessions.begin() as s:
+        row = s.get(EnforcerStatus, enforcer)
+        if row is None:
+            row = EnforcerStatus(enforcer=enforcer)
+            s.add(row)
+        row.applied_revision, row.outcome = report.revision, report.outcome
+        row.error, row.counters = report.error, dict(report.counters)
+        row.reported_at = now
+
+
+@router.get("/api/v1/enforcers", tags=["agents"])
+def enforcers(request: Request, p: Caller) -> list[dict[str, Any]]:
+    """Every enforcer with a desired state, a certificate or a report: desired revision and
+    version, what its agent reported last, and whether it is in sync."""
+    if not (p.may(Permission.ENROL_AGENTS) or p.may(Permission.READ_AUDIT)):
+        raise Forbidden(f"{p.role.value} {p.name!r} may not list enforcers")
+    ctx = _ctx(request)
+    with ctx.db.read() as s:
+        states = {r.enforcer: r for r in s.execute(select(EnforcerState)).scalars()}
+        status = {r.enforcer: r for r in s.execute(select(EnforcerStatus)).scalars()}
+        certs: dict[str, int] = {}
+        for c in s.execute(select(AgentCertificate)).scalars():
+            if c.revoked_at is None:
+                certs[c.enforcer] = certs.get(c.enforcer, 0) + 1
+    out: list[dict[str, Any]] = []
+    for name in sorted(states.keys() | status.keys() | certs.keys()):
+        st, rep = states.get(name), status.get(name)
+        out.append(
+            {
+                "enforcer": name,
+                "revision": st.revision if st else None,
+                "version": st.version if st else None,
+                "certificates": certs.get(name, 0),
+                "applied_revision": rep.applied_revision if rep else None,
+                "outcome": rep.outcome if rep else None,
+                "error": rep.error if rep else None,
+                "counters": rep.counters if rep else {},
+                "reported_at": rep.reported_at.isoformat() if rep else None,
+                "in_sync": bool(st and rep and rep.applied_revision == st.revision),
+            }
+        )
+    return out

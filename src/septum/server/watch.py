@@ -1,0 +1,147 @@
+"""What wakes the agents' long-polls: a per-process board of enforcer revisions.
+
+::
+
+    provision (this replica) ──poke──┐
+    NOTIFY septum_state (any replica) ─► listener thread ──poke──┐
+    every poll_interval seconds ────────────────────────────────┤
+                                                                 ▼
+                        refresh: ONE query of every enforcer's revision ──► board.revisions
+                                                                 └─► wake every waiter
+    long-poll(enforcer, N): while board.revisions[enforcer] == N: wait for a wake or timeout
+
+Why a board rather than a query per waiter: a thousand agents wait at once, and a change
+wakes all of them; each then compares a dict entry, and only those whose revision moved
+read their answer from the database (``states.StateAnswers``, which caches it).
+
+Correctness never depends on a notification: revisions live in the database, every refresh
+reads them all, and a refresh runs at least every ``poll_interval`` (also when LISTEN is not
+available, as on SQLite). Notifications only make it sooner. A waiter's own answer is read
+from the database, never from the board, so a stale board can delay but not mislead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from septum.server.db import Database
+from septum.server.states import CHANNEL, current_revisions
+
+__all__ = ["StateBoard"]
+
+log = logging.getLogger("septum.server.watch")
+
+
+class StateBoard:
+    def __init__(self, db: Database, poll_interval: float = 2.0) -> None:
+        self.db = db
+        self.poll_interval = poll_interval
+        self.revisions: dict[str, int] = {}
+        self.refreshes = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
+        self._pending = False
+        self._poller: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def ensure_started(self) -> None:
+        """Bind to the running loop (first use, or a new loop: test clients make one per
+        request), read the revisions, and start the poller and the LISTEN thread."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
+        await self.refresh()
+        self._poller = loop.create_task(self._poll())
+        if not self.db.sqlite and self._listener is None:
+            self._listener = threading.Thread(
+                target=self._listen, name="septum-listen", daemon=True
+            )
+            self._listener.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.cancel()
+
+    # ------------------------------------------------------------------ waking
+
+    def poke(self) -> None:
+        """Ask for a refresh soon (any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        # Pokes that arrive while a refresh is queued are folded into it.
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().create_task(self.refresh())
+
+    async def refresh(self) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            self._pending = False
+            revisions = await run_in_threadpool(self._read)
+            self.revisions = revisions
+            self.refreshes += 1
+            changed, self._changed = self._changed, asyncio.Event()
+            if changed is not None:
+                changed.set()
+
+    def _read(self) -> dict[str, int]:
+        with self.db.read() as s:
+            return current_revisions(s)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except Exception:  # the database is down: keep serving, try again later
+                log.warning("refreshing enforcer revisions failed", exc_info=True)
+
+    async def wait_changed(self, enforcer: str, revision: int, timeout: float) -> None:
+        """Return when the board says ``enforcer`` is past ``revision``, or after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.revisions.get(enforcer, 0) == revision:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._changed is None:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    # ------------------------------------------------------------------ PostgreSQL
+
+    def _listen(self) -> None:
+        import psycopg
+
+        conninfo = self.db.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.poke()  # whatever happened while not listening
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self.poke()
+            except psycopg.Error:
+                log.warning("LISTEN %s failed; retrying", CHANNEL, exc_info=True)
+                self._stop.wait(1.0)

@@ -1,0 +1,199 @@
+"""Desired state per enforcer: published at provision, served by long-poll, on SQLite and
+PostgreSQL. The reference is full recomputation: what an agent holds after applying what the
+server sent equals ``build_host_ruleset`` of the active version, for every enforcer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from septum.engine.resolve import resolve_policy
+from septum.render.hostruleset import HostRuleset, apply_delta, build_host_ruleset
+from septum.render.wire import decode_deltas, decode_ruleset
+from septum.server import service
+from septum.server.documents import build_repository
+from tests.server.harness import Harness, running_harness
+
+AGENT_ENFORCER = "host-shop-web-prod-1"  # the harness's agent token
+
+
+@pytest.fixture
+def h(database_url: str, tmp_path: Path) -> Iterator[Harness]:
+    # Polling only every minute: a long-poll that returns quickly was woken by the poke.
+    with running_harness(database_url, tmp_path, poll_interval=60.0) as harness:
+        yield harness
+
+
+def _agent(h: Harness, enforcer: str) -> dict[str, str]:
+    """Headers of a new agent user bound to ``enforcer``."""
+    name = f"agent-{enforcer}"
+    h.ok(
+        "admin",
+        "POST",
+        "/api/v1/access/users",
+        json={"name": name, "role": "agent", "enforcer": enforcer},
+    )
+    token = h.ok("admin", "POST", f"/api/v1/access/users/{name}/tokens", json={})["token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _state(h: Harness, headers: dict[str, str], revision: int, wait: float = 0) -> dict[str, Any]:
+    r = h.client.get(
+        "/agent/v1/state", params={"revision": revision, "wait": wait}, headers=headers
+    )
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _reference(h: Harness, enforcer: str) -> HostRuleset:
+    with h.db.read() as s:
+        repo = build_repository(service.active_documents(s))
+    return build_host_ruleset(resolve_policy(repo, _at(h)), enforcer)
+
+
+def _at(h: Harness) -> datetime:
+    from tests.conftest import EXAMPLES_AT
+
+    return EXAMPLES_AT
+
+
+def _same(a: HostRuleset, b: HostRuleset) -> bool:
+    return replace(a, at=b.at) == b
+
+
+QUARANTINED = "vm-billing-db-staging-1"  # the enforcer of billing-db-staging-1
+
+
+def _quarantine(h: Harness, patch: dict[str, Any], note: str) -> dict[str, Any]:
+    path = "/api/v1/workloads/billing-db-staging-1/labels"
+    h.ok("security", "PATCH", path, json=patch)
+    out: dict[str, Any] = h.ok("security", "POST", "/api/v1/provision", json={"note": note})
+    return out
+
+
+def _follow(
+    h: Harness, headers: dict[str, str], held: HostRuleset | None, revision: int
+) -> tuple[HostRuleset, int, str]:
+    msg = _state(h, headers, revision)
+    if msg["kind"] == "full":
+        return decode_ruleset(msg["ruleset"]), msg["revision"], "full"
+    assert msg["kind"] == "delta"
+    assert held is not None
+    assert msg["from"] == revision
+    return apply_delta(held, decode_deltas(msg["deltas"])), msg["revision"], "delta"
+
+
+def test_every_enforcer_gets_its_full_state_then_nothing(h: Harness) -> None:
+    enforcers = [e["enforcer"] for e in h.ok("admin", "GET", "/api/v1/enforcers")]
+    assert AGENT_ENFORCER in enforcers
+    assert len(enforcers) >= 10
+    for enforcer in [*enforcers[:6], AGENT_ENFORCER]:
+        headers = h.headers("agent") if enforcer == AGENT_ENFORCER else _agent(h, enforcer)
+        msg = _state(h, headers, 0)
+        assert msg["kind"] == "full"
+        assert msg["enforcer"] == enforcer
+        assert msg["version"] == 1
+        assert _same(decode_ruleset(msg["ruleset"]), _reference(h, enforcer))
+        again = _state(h, headers, msg["revision"], wait=0)
+        assert again["kind"] == "unchanged"
+        assert again["revision"] == msg["revision"]
+
+
+def test_a_label_change_reaches_only_the_enforcers_it_changes_as_deltas(h: Harness) -> None:
+    enforcers = [e["enforcer"] for e in h.ok("admin", "GET", "/api/v1/enforcers")]
+    agents = {e: (h.headers("agent") if e == AGENT_ENFORCER else _agent(h, e)) for e in enforcers}
+    held: dict[str, tuple[HostRuleset, int]] = {}
+    for e, headers in agents.items():
+        ruleset, revision, _ = _follow(h, headers, None, 0)
+        held[e] = (ruleset, revision)
+    # billing-db-staging-1 is quarantined: the quarantine sets change wherever they are
+    # used, and its own host's chains change.
+    out = _quarantine(h, {"set": {"quarantine": "yes"}}, "CHG-2 quarantine")
+    updated = out["enforcers"]
+    assert updated["updated"] == len(updated["full"]) + len(updated["delta"]) > 0
+    assert updated["delta"], "element-only changes travel as deltas"
+    assert updated["full"] == [QUARANTINED]  # its own chains changed
+    kinds: dict[str, str] = {}
+    for e, headers in agents.items():
+        old, revision = held[e]
+        if e not in updated["full"] + updated["delta"]:
+            assert _state(h, headers, revision)["kind"] == "unchanged"
+            continue
+        new, new_revision, kinds[e] = _follow(h, headers, old, revision)
+        assert new_revision == updated["revision"] > revision
+        assert _same(new, _reference(h, e)), e
+        held[e] = (new, new_revision)
+    assert {e for e, k in kinds.items() if k == "delta"} == set(updated["delta"])
+    # Two more changes; an agent that slept through both gets ONE composed delta.
+    sleeper = updated["delta"][0]
+    old, revision = held[sleeper]
+    _quarantine(h, {"remove": ["quarantine"]}, "CHG-3 release")
+    _quarantine(h, {"set": {"quarantine": "again"}}, "CHG-4 quarantine again")
+    new, _, kind = _follow(h, agents[sleeper], old, revision)
+    assert kind == "delta"
+    assert _same(new, _reference(h, sleeper))
+
+
+def test_rollback_publishes_the_old_state(h: Harness) -> None:
+    headers = h.headers("agent")
+    v1, revision, _ = _follow(h, headers, None, 0)
+    _quarantine(h, {"set": {"quarantine": "yes"}}, "CHG-5")
+    v2, revision, _ = _follow(h, headers, v1, revision)
+    assert not _same(v2, v1)
+    h.ok("security", "POST", "/api/v1/versions/1/rollback", json={"note": "CHG-6 undo"})
+    back, _, _ = _follow(h, headers, v2, revision)
+    assert _same(back, v1)
+
+
+def test_a_long_poll_is_woken_by_a_provision(h: Harness) -> None:
+    headers = h.headers("agent")
+    first = _state(h, headers, 0)
+    result: dict[str, Any] = {}
+
+    def watch() -> None:
+        began = time.monotonic()
+        result["msg"] = _state(h, headers, first["revision"], wait=50)
+        result["seconds"] = time.monotonic() - began
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.5)  # let it start waiting (a later start would simply answer at once)
+    _quarantine(h, {"set": {"quarantine": "yes"}}, "CHG-7")
+    watcher.join(60)
+    assert result["msg"]["kind"] in ("delta", "full")
+    assert result["msg"]["revision"] > first["revision"]
+    # Far below the 50 s wait and the 60 s poll: the provision's poke woke it (not a
+    # latency figure; bench/server.py measures those).
+    assert result["seconds"] < 40
+
+
+def test_status_reports_show_in_the_enforcer_list(h: Harness) -> None:
+    headers = h.headers("agent")
+    msg = _state(h, headers, 0)
+    r = h.client.post(
+        "/agent/v1/status",
+        json={"revision": msg["revision"], "outcome": "full", "counters": {"elements": 12}},
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    row = next(
+        e for e in h.ok("auditor", "GET", "/api/v1/enforcers") if e["enforcer"] == AGENT_ENFORCER
+    )
+    assert row["applied_revision"] == msg["revision"]
+    assert row["in_sync"]
+    assert row["counters"] == {"elements": 12}
+
+
+def test_people_cannot_use_agent_routes(h: Harness) -> None:
+    for role in ("admin", "security", "owner", "auditor"):
+        r = h.client.get("/agent/v1/state", params={"wait": 0}, headers=h.headers(role))
+        assert r.status_code == 403, (role, r.text)
+    assert h.client.get("/agent/v1/state").status_code == 401
