@@ -88,6 +88,22 @@ def server_run(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls/--no-tls",
+            help="Serve HTTPS with a certificate from the control plane's CA; agents may "
+            "present client certificates (mutual TLS).",
+        ),
+    ] = False,
+    tls_names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls-name",
+            help="A DNS name or IP address for the server certificate (repeatable; "
+            "default: 127.0.0.1 and localhost).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the API (OpenAPI at /docs and /openapi.json, metrics at /metrics)."""
     import uvicorn
@@ -106,12 +122,32 @@ def server_run(
             token = bootstrap(db, bootstrap_admin, datetime.now(UTC))
             if token is not None:
                 out.print(json.dumps(token))
+        tls_options: dict[str, Any] = {}
+        if tls:
+            from septum.server import enrolment
+            from septum.server.tls import server_ssl_config
+
+            # A fresh server certificate (and key) at every start; the CA is the database's.
+            now = datetime.now(UTC)
+            ca = enrolment.authority(db, now)
+            issued = enrolment.server_certificate(db, tls_names or ["127.0.0.1", "localhost"], now)
+            assert issued.key_pem is not None  # made here, so its key is here
+            tls_options = dict(
+                server_ssl_config(
+                    settings.data_dir / "tls",
+                    ca_pem=ca.cert_pem,
+                    cert_pem=issued.cert_pem,
+                    key_pem=issued.key_pem,
+                )
+            )
+            err.print(f"TLS: CA fingerprint {enrolment.ca_fingerprint(ca)}")
         config = uvicorn.Config(
             create_app(AppContext(settings, db)),
             host=host,
             port=port,
             log_config=json_log_config(log_level),
             access_log=False,
+            **tls_options,
         )
         uvicorn.Server(config).run()
 
