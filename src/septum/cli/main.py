@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from septum.cli.agent import agent_command
+from septum.cli.agent import agent_app
 from septum.cli.lab import lab_app
 from septum.errors import SeptumError, ValidationError
 from septum.model.resources import Repository
@@ -669,7 +669,7 @@ def rendering_text(rendering: Any) -> str:
     return "".join(f"# ---- {name}\n{text}" for name, text in files.items())
 
 
-app.command("agent")(agent_command)
+app.add_typer(agent_app, name="agent")
 app.add_typer(lab_app, name="lab")
 app.add_typer(k8s_app, name="k8s")
 
