@@ -43,6 +43,8 @@ from septum.server.service import (
     Unauthorized,
 )
 from septum.server.settings import ServerSettings
+from septum.server.states import StateAnswers
+from septum.server.watch import StateBoard
 
 __all__ = ["AppContext", "create_app"]
 
@@ -169,6 +171,11 @@ def create_app(ctx: AppContext) -> FastAPI:
         "septum_http_request_seconds", "HTTP request latency", ["route"], registry=registry
     )
     replay = ReplaySource(ctx.settings.flows_dir, ctx.settings.replay_days)
+    # Desired state: the board that wakes long-polls, and the cached answers to agents.
+    board = StateBoard(ctx.db, ctx.settings.poll_interval)
+    app.state.board = board
+    app.state.answers = StateAnswers(ctx.db)
+    app.router.add_event_handler("shutdown", board.close)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Any:
@@ -207,8 +214,6 @@ def create_app(ctx: AppContext) -> FastAPI:
     @app.exception_handler(ProvisionRefused)
     async def _refused(_r: Request, exc: ProvisionRefused) -> JSONResponse:
         return _problem(422, str(exc), **exc.details)
-
-
 
     # ---------------------------------------------------------------- operations
 
@@ -276,7 +281,9 @@ def create_app(ctx: AppContext) -> FastAPI:
     def provision(request: NoteRequest, p: Caller) -> dict[str, Any]:
         """Validate the draft, run every assertion, replay recent flows, and make the
         draft the next version. Refused (422, nothing changed) when an assertion fails."""
-        return service.provision(ctx.db, p, request.note, ctx.clock(), replay)
+        result = service.provision(ctx.db, p, request.note, ctx.clock(), replay)
+        board.poke()  # this replica's agents hear of it now; others by NOTIFY or polling
+        return result
 
     @app.get("/api/v1/versions", tags=["versions"])
     def versions(p: Caller) -> dict[str, Any]:
@@ -300,7 +307,9 @@ def create_app(ctx: AppContext) -> FastAPI:
         number: Annotated[int, Path(ge=1, le=10**9)], request: NoteRequest, p: Caller
     ) -> dict[str, Any]:
         """A new version with the documents of an old one."""
-        return service.rollback(ctx.db, p, number, request.note, ctx.clock())
+        result = service.rollback(ctx.db, p, number, request.note, ctx.clock())
+        board.poke()
+        return result
 
     # ---------------------------------------------------------------- audit
 
@@ -340,9 +349,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     def create_token(name: str, request: TokenCreate, p: Caller) -> dict[str, Any]:
         """A new token for the user; its text is shown in this response only."""
         if request.expires_at is not None and request.expires_at.tzinfo is None:
-            raise DocumentError(
-                [FieldProblem("token", "expires_at", "a time zone is required")]
-            )
+            raise DocumentError([FieldProblem("token", "expires_at", "a time zone is required")])
         return service.create_token(
             ctx.db,
             p,
@@ -355,6 +362,15 @@ def create_app(ctx: AppContext) -> FastAPI:
     @app.delete("/api/v1/access/tokens/{token_id}", tags=["identity"])
     def revoke_token(token_id: str, p: Caller) -> dict[str, Any]:
         return service.revoke_token(ctx.db, p, token_id, ctx.clock())
+
+    # Imported here: routes_enrolment imports this module (Caller, AppContext).
+    from septum.server import routes_agent, routes_enrolment
+
+    app.include_router(routes_enrolment.router)
+    app.include_router(routes_agent.router)
+    from septum.server import routes_flows  # imports this module too (Caller, AppContext)
+
+    app.include_router(routes_flows.router)
 
     # ---------------------------------------------------------------- resources
     # Last: the generic /api/v1/{collection} paths must not shadow the routes above.

@@ -57,6 +57,7 @@ __all__ = [
     "EnforcerState",
     "EnforcerStatus",
     "JoinToken",
+    "StateFragment",
     "User",
     "Version",
     "utcnow",
@@ -218,11 +219,21 @@ class AgentCertificate(Base):
     revoked_by: Mapped[str | None] = mapped_column(String(253), nullable=True)
 
 
+class StateFragment(Base):
+    """One part of enforcers' rulesets (a chain, set or map; wire JSON, zlib), stored once
+    by content digest however many enforcers use it (a selector's set is in hundreds)."""
+
+    __tablename__ = "state_fragments"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
 class EnforcerState(Base):
-    """The desired state of one enforcer: its whole host ruleset (wire JSON, zlib) at
-    ``revision``, made from version ``version``. Revisions come from ``control.revision``:
-    one number per provision that changed anything, so an enforcer's revisions increase but
-    skip the provisions that left it alone."""
+    """The desired state of one enforcer: its ruleset's skeleton (the wire header and the
+    digests of its parts, JSON) at ``revision``, made from version ``version``. Revisions
+    come from ``control.revision``: one number per provision that changed anything, so an
+    enforcer's revisions increase but skip the provisions that left it alone."""
 
     __tablename__ = "enforcer_states"
     enforcer: Mapped[str] = mapped_column(String(253), primary_key=True)

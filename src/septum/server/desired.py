@@ -5,45 +5,73 @@
     repository of the new version ──► resolve_policy ──► build_all (every enforcer named by a
                                                           workload, and every one that had a
                                                           state before: it must lose its rules)
-        per enforcer: wire JSON ──► digest ── equal to the stored digest? ──► no update
-                                         └── differs: diff against the previous ruleset
-                                               structure equal ──► element deltas
-                                               else / no previous ──► full
+        per enforcer: skeleton (header + digests of its chains, sets, maps; each distinct
+                      part encoded once) ──► digest ── equal to the stored? ──► no update
+                                         └── differs: structure digest equal to the stored?
+                                               yes ──► element deltas of the sets and maps
+                                                       whose parts changed (each distinct
+                                                       old → new pair diffed once)
+                                               no / no previous ──► full
 
 Only enforcers whose digest changed get a new revision ("only changed enforcers receive
-updates"). The digest is over the wire JSON without the compile time (``at``), so a
-provision that changes nothing for an enforcer leaves it alone.
+updates"). The digest is over the skeleton without the compile time (``at``); parts are
+named by the digest of their content, so a provision that changes nothing for an enforcer
+leaves it alone.
 
-Pure: the previous rulesets come from a callback (the caller reads them from the database or
-a cache).
+Pure: the previous skeletons are given, and the previous parts come from a callback (the
+caller reads them from the database).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from septum.engine.resolve import resolve_policy
 from septum.model.resources import Repository
 from septum.render.compile import build_all
-from septum.render.hostruleset import HostRuleset, NftSettings, diff_rulesets
-from septum.render.wire import encode_deltas, encode_ruleset
+from septum.render.hostruleset import (
+    Chain,
+    Element,
+    ElementDelta,
+    HostRuleset,
+    NamedSet,
+    NftSettings,
+    VerdictMap,
+    element_sort_key,
+)
+from septum.render.wire import (
+    PartEncoder,
+    assemble_ruleset,
+    decode_set_part,
+    encode_deltas,
+    ruleset_header,
+)
 
-__all__ = ["EnforcerPlan", "plan_desired_state", "ruleset_wire"]
+__all__ = [
+    "DesiredState",
+    "EnforcerPlan",
+    "SkeletonMaker",
+    "assemble",
+    "plan_desired_state",
+    "ruleset_wire",
+    "skeleton_parts",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class EnforcerPlan:
-    """One enforcer's new desired state: the whole ruleset (wire JSON bytes, always stored,
-    so that a new or lagging agent gets it), and the element deltas from the previous
-    state (wire JSON bytes), or None when the agent must take the whole table."""
+    """One enforcer's new desired state: its skeleton (wire header plus the digests of its
+    chains, sets and maps, JSON bytes; always stored, so that a new or lagging agent gets
+    the whole table), and the element deltas from the previous state (wire JSON bytes), or
+    None when the agent must take the whole table."""
 
     enforcer: str
     ruleset: HostRuleset
-    ruleset_json: bytes
+    skeleton: bytes
     digest: str
     deltas_json: bytes | None
 
@@ -52,43 +80,193 @@ class EnforcerPlan:
         return self.deltas_json is None
 
 
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """The plans of the enforcers that change, and the parts their skeletons name (by
+    digest; the caller stores those it lacks)."""
+
+    plans: list[EnforcerPlan]
+    parts: dict[str, bytes]
+
+
 def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class SkeletonMaker:
+    """Skeletons of rulesets built together: each distinct part is encoded and hashed once
+    (``PartEncoder``), so the cost follows the distinct parts (thousands), not the parts
+    in all tables (a selector's set is in hundreds of tables)."""
+
+    def __init__(self) -> None:
+        self.encoder = PartEncoder()
+        self.parts: dict[str, bytes] = {}
+        self.objects: dict[str, NamedSet | VerdictMap] = {}  # sets and maps by digest
+        self._digests: dict[int, str] = {}
+        self._declarations: dict[int, list[object]] = {}
+
+    def _part(self, part: Chain | NamedSet | VerdictMap) -> str:
+        key = id(part)  # alive: the encoder keeps every part it saw
+        digest = self._digests.get(key)
+        if digest is None:
+            body = self.encoder.part(part)
+            digest = _digest(body)
+            self.parts[digest] = body
+            self._digests[key] = digest
+            if not isinstance(part, Chain):
+                self.objects[digest] = part
+        return digest
+
+    def _declaration(self, part: NamedSet | VerdictMap) -> list[object]:
+        """What the table declares of a set or map: all but its elements."""
+        hit = self._declarations.get(id(part))
+        if hit is None:
+            interval = part.interval if isinstance(part, NamedSet) else None
+            hit = [part.name, part.type.value, interval, part.comment]
+            self._declarations[id(part)] = hit
+        return hit
+
+    def skeleton(self, ruleset: HostRuleset) -> tuple[bytes, str]:
+        """(skeleton JSON, digest of the ruleset without its compile time). The skeleton's
+        ``structure`` digest covers everything but set and map elements: two tables with
+        equal structures differ by element deltas only."""
+        header = ruleset_header(ruleset)
+        at = header.pop("at")
+        chains = [self._part(c) for c in ruleset.chains]
+        structure = {
+            **header,
+            "chains": chains,
+            "declarations": [
+                *(self._declaration(x) for x in ruleset.sets),
+                *(self._declaration(m) for m in ruleset.maps),
+            ],
+        }
+        doc = {
+            **header,
+            "structure": _digest(_dumps(structure)),
+            "chains": chains,
+            "sets": [self._part(x) for x in ruleset.sets],
+            "maps": [self._part(m) for m in ruleset.maps],
+        }
+        body = _dumps(doc)
+        return _dumps({"at": at, **doc}), _digest(body)
+
+
+def assemble(skeleton: bytes, part: Callable[[str], bytes]) -> bytes:
+    """The whole ruleset message (wire JSON bytes) of a skeleton, parts given by digest."""
+    doc = json.loads(skeleton)
+    header = {k: v for k, v in doc.items() if k not in ("structure", "chains", "sets", "maps")}
+    return assemble_ruleset(
+        header,
+        [part(d) for d in doc["chains"]],
+        [part(d) for d in doc["sets"]],
+        [part(d) for d in doc["maps"]],
+    )
+
+
+def skeleton_parts(skeleton: bytes) -> list[str]:
+    doc = json.loads(skeleton)
+    return [*doc["chains"], *doc["sets"], *doc["maps"]]
+
+
 def ruleset_wire(ruleset: HostRuleset) -> tuple[bytes, str]:
     """(wire JSON of ``ruleset``, digest of it without its compile time)."""
-    doc = encode_ruleset(ruleset)
-    at = doc.pop("at")
-    body = _dumps(doc)
-    digest = hashlib.sha256(body).hexdigest()
-    # The compile time goes back in front without a second serialization of the tables.
-    return b'{"at":' + _dumps(at) + b"," + body[1:], digest
+    maker = SkeletonMaker()
+    skeleton, digest = maker.skeleton(ruleset)
+    return assemble(skeleton, maker.parts.__getitem__), digest
+
+
+class _ElementDiffs:
+    """Element deltas between an old and a new version of a set or map, by their parts'
+    digests: a selector's set changes once and is in hundreds of tables, so each distinct
+    (old, new) pair is diffed and encoded once."""
+
+    def __init__(
+        self,
+        new: Mapping[str, NamedSet | VerdictMap],
+        load_parts: Callable[[Iterable[str]], Mapping[str, bytes]],
+    ) -> None:
+        self.new = new
+        self.load_parts = load_parts
+        self.old: dict[str, frozenset[Element]] = {}
+        self.memo: dict[tuple[str, str], bytes | None] = {}
+
+    def prefetch(self, digests: Iterable[str]) -> None:
+        wanted = {d for d in digests if d not in self.old}
+        for digest, body in self.load_parts(wanted).items():
+            self.old[digest] = frozenset(_elements(decode_set_part(json.loads(body))))
+
+    def delta(self, old: str, new: str) -> bytes | None:
+        """The encoded delta (None when the elements are equal)."""
+        key = (old, new)
+        if key in self.memo:
+            return self.memo[key]
+        part = self.new[new]
+        before, after = self.old[old], frozenset(_elements(part))
+        encoded: bytes | None = None
+        if before != after:
+            delta = ElementDelta(
+                part.name,
+                tuple(sorted(after - before, key=element_sort_key)),
+                tuple(sorted(before - after, key=element_sort_key)),
+            )
+            encoded = _dumps(encode_deltas([delta])[0])
+        self.memo[key] = encoded
+        return encoded
+
+
+def _elements(part: NamedSet | VerdictMap) -> tuple[Element, ...]:
+    return part.elements
 
 
 def plan_desired_state(
     repo: Repository,
     at: datetime,
-    previous: Mapping[str, str],
-    load_previous: Callable[[str], HostRuleset | None],
+    previous: Mapping[str, bytes],
+    load_parts: Callable[[Iterable[str]], Mapping[str, bytes]],
     settings: NftSettings | None = None,
-) -> list[EnforcerPlan]:
+) -> DesiredState:
     """The enforcers whose state ``repo`` changes, sorted by name. ``previous`` maps each
-    enforcer that has a state to its digest; ``load_previous`` gives its ruleset (None when
-    it cannot: the enforcer then gets the whole table)."""
+    enforcer that has a state to its skeleton; ``load_parts`` gives stored parts (wire JSON
+    bytes) by digest. When an enforcer's structure is unchanged, its deltas are those of
+    the sets and maps whose parts changed, in name order (as ``diff_rulesets`` gives them)."""
     enforcers: Sequence[str] = sorted(set(repo.enforcers()) | set(previous))
     rulesets = build_all(resolve_policy(repo, at), tuple(enforcers), settings)
-    plans: list[EnforcerPlan] = []
+    maker = SkeletonMaker()
+    made: list[tuple[str, HostRuleset, bytes, str]] = []
     for enforcer in enforcers:
-        ruleset = rulesets[enforcer]
-        body, digest = ruleset_wire(ruleset)
-        if previous.get(enforcer) == digest:
+        skeleton, digest = maker.skeleton(rulesets[enforcer])
+        made.append((enforcer, rulesets[enforcer], skeleton, digest))
+    diffs = _ElementDiffs(maker.objects, load_parts)
+    pending: list[tuple[str, HostRuleset, bytes, str, list[tuple[str, str]] | None]] = []
+    for enforcer, ruleset, skeleton, digest in made:
+        old_skeleton = previous.get(enforcer)
+        old = json.loads(old_skeleton) if old_skeleton is not None else None
+        if old is not None and _without_at(old) == digest:
             continue
+        new = json.loads(skeleton)
+        pairs: list[tuple[str, str]] | None = None
+        if old is not None and old.get("structure") == new["structure"]:
+            olds = [*old["sets"], *old["maps"]]
+            news = [*new["sets"], *new["maps"]]
+            pairs = [(a, b) for a, b in zip(olds, news, strict=True) if a != b]
+        pending.append((enforcer, ruleset, skeleton, digest, pairs))
+    diffs.prefetch(a for *_, pairs in pending if pairs for a, _ in pairs)
+    plans: list[EnforcerPlan] = []
+    used: set[str] = set()
+    for enforcer, ruleset, skeleton, digest, pairs in pending:
+        used.update(skeleton_parts(skeleton))
         deltas: bytes | None = None
-        old = load_previous(enforcer) if enforcer in previous else None
-        if old is not None:
-            change = diff_rulesets(old, ruleset)
-            if not change.structure_changed:
-                deltas = _dumps(encode_deltas(change.elements))
-        plans.append(EnforcerPlan(enforcer, ruleset, body, digest, deltas))
-    return plans
+        if pairs is not None:
+            encoded = [d for a, b in pairs if (d := diffs.delta(a, b)) is not None]
+            deltas = b"[" + b",".join(encoded) + b"]"
+        plans.append(EnforcerPlan(enforcer, ruleset, skeleton, digest, deltas))
+    return DesiredState(plans, {d: maker.parts[d] for d in used})
+
+
+def _without_at(skeleton: dict[str, object]) -> str:
+    return _digest(_dumps({k: v for k, v in skeleton.items() if k != "at"}))

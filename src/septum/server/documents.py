@@ -139,59 +139,87 @@ def _walk(value: object, path: tuple[object, ...]) -> Iterator[tuple[tuple[objec
             yield from _walk(v, (*path, i))
 
 
-def _source_document(doc: StoredDocument) -> tuple[SourceDocument, dict[int, str]]:
-    """A SourceDocument whose every value sits on its own line, and line → field path."""
-    values: dict[tuple[object, ...], Position] = {}
-    keys: dict[tuple[object, ...], Position] = {}
-    fields: dict[int, str] = {}
-    for line, (path, _value) in enumerate(_walk(doc.body, ()), start=1):
-        values[path] = Position(line, 2)
-        keys[path] = Position(line, 1)
-        fields[line] = _field(path)
-    src = SourceDocument(
+class _Lines(Mapping[tuple[object, ...], Position]):
+    """Positions of a stored document's values: each value on its own line, in walk order,
+    at ``column``. Made on first use: only problems ask for positions, and most builds have
+    none (a 10k-document draft would otherwise pay for 400k of them)."""
+
+    def __init__(self, body: object, column: int) -> None:
+        self._body = body
+        self._column = column
+        self._table: dict[tuple[object, ...], Position] | None = None
+
+    def _positions(self) -> dict[tuple[object, ...], Position]:
+        if self._table is None:
+            self._table = {
+                path: Position(line, self._column)
+                for line, (path, _value) in enumerate(_walk(self._body, ()), start=1)
+            }
+        return self._table
+
+    def __getitem__(self, path: tuple[object, ...]) -> Position:
+        return self._positions()[path]
+
+    def __iter__(self) -> Iterator[tuple[object, ...]]:
+        return iter(self._positions())
+
+    def __len__(self) -> int:
+        return len(self._positions())
+
+
+def _fields(body: object) -> dict[int, str]:
+    """Line → field path, for the lines ``_Lines`` gives."""
+    return {line: _field(path) for line, (path, _v) in enumerate(_walk(body, ()), start=1)}
+
+
+def _source_document(doc: StoredDocument) -> SourceDocument:
+    """A SourceDocument whose every value sits on its own line (see ``_fields``)."""
+    return SourceDocument(
         file=f"{doc.kind}/{doc.name}",
         value=json.loads(json.dumps(doc.body)),  # plain dicts and lists, never shared
         start=Position(1, 2),
-        values=values,
-        keys=keys,
+        values=_Lines(doc.body, 2),
+        keys=_Lines(doc.body, 1),
     )
-    return src, fields
 
 
 def _field_problems(
-    problems: Iterable[Problem], fields: Mapping[str, Mapping[int, str]]
+    problems: Iterable[Problem], bodies: Mapping[str, object]
 ) -> list[FieldProblem]:
-    return [
-        FieldProblem(p.file, fields.get(p.file, {}).get(p.line, ""), p.message)
-        for p in problems
-    ]
+    fields: dict[str, dict[int, str]] = {}
+    out: list[FieldProblem] = []
+    for p in problems:
+        if p.file not in fields:
+            fields[p.file] = _fields(bodies[p.file]) if p.file in bodies else {}
+        out.append(FieldProblem(p.file, fields[p.file].get(p.line, ""), p.message))
+    return out
 
 
 def build_repository(docs: Sequence[StoredDocument]) -> Repository:
     """Validate and build the repository the documents describe (in ``path``, ``position``
     order, as files load). Raises DocumentError naming each document and field."""
     sources: list[SourceDocument] = []
-    fields: dict[str, dict[int, str]] = {}
+    bodies: dict[str, object] = {}
     for doc in sorted(docs, key=lambda d: (d.path, d.position, d.kind, d.name)):
-        src, lines = _source_document(doc)
+        src = _source_document(doc)
         sources.append(src)
-        fields[src.file] = lines
+        bodies[src.file] = doc.body
     try:
         return parse_documents(sources)
     except ValidationError as exc:
-        raise DocumentError(_field_problems(exc.problems, fields)) from None
+        raise DocumentError(_field_problems(exc.problems, bodies)) from None
 
 
 def check_document(doc: StoredDocument) -> None:
     """Validate one document on its own (shape, types, selectors, ports; not references
     to other documents). Raises DocumentError."""
-    src, lines = _source_document(doc)
+    src = _source_document(doc)
     try:
         parse_documents([src], check_references=False)
     except UnresolvedReferences:
         return  # references are checked with the whole draft (validate, provision)
     except ValidationError as exc:
-        raise DocumentError(_field_problems(exc.problems, {src.file: lines})) from None
+        raise DocumentError(_field_problems(exc.problems, {src.file: doc.body})) from None
 
 
 # ------------------------------------------------------------------ versions

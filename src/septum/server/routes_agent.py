@@ -23,6 +23,7 @@ from septum.server.app import AppContext, Caller
 from septum.server.auth import Permission, Principal
 from septum.server.db import AgentCertificate, Database, EnforcerState, EnforcerStatus
 from septum.server.routes_enrolment import AgentCaller
+from septum.server.routes_flows import FlowBatch, post_agent_flows
 from septum.server.service import Forbidden
 from septum.server.states import StateAnswers, unchanged
 from septum.server.watch import StateBoard
@@ -100,6 +101,13 @@ def _record_status(db: Database, enforcer: str, report: StatusReport, now: datet
         row.applied_revision, row.outcome = report.revision, report.outcome
         row.error, row.counters = report.error, dict(report.counters)
         row.reported_at = now
+
+
+@router.post("/agent/v1/flows", tags=["agent"])
+def agent_flows(body: FlowBatch, request: Request, p: AgentCaller) -> Any:
+    """Flow records of the caller's own enforcer, into the flow store (attributed against
+    the active version); records of any other enforcer are refused, nothing stored."""
+    return post_agent_flows(request, p, body)
 
 
 @router.get("/api/v1/enforcers", tags=["agents"])

@@ -61,7 +61,7 @@ from septum.server.documents import (
     encode_documents,
     envelope,
 )
-from septum.server.states import RulesetCache, previous_loader, publish, stored_digests
+from septum.server.states import parts_loader, publish, stored_skeletons
 
 __all__ = [
     "Conflict",
@@ -537,10 +537,16 @@ class ReplaySource:
 
 
 def _replay(
-    source: ReplaySource, draft: Repository, active: Repository | None, now: datetime
+    source: ReplaySource,
+    draft: Repository,
+    active_documents: Sequence[StoredDocument],
+    now: datetime,
 ) -> dict[str, Any]:
     if source.directory is None or not (source.directory / "flows").exists():
         return {"records": 0, "note": "no recorded flows"}
+    # Built only here: without recorded flows the active repository is not needed, and a
+    # large one costs seconds to build.
+    active = build_repository(active_documents) if active_documents else None
     from septum.flows.analysis import replay_store  # the flow engine loads DuckDB
     from septum.flows.store import FlowStore
 
@@ -555,7 +561,6 @@ def provision(
     note: str,
     now: datetime,
     replay_source: ReplaySource,
-    rulesets: RulesetCache | None = None,
 ) -> dict[str, Any]:
     """Validate the draft, run every assertion, replay recent flows, and make the draft
     the next numbered version, with the new desired state of every enforcer it changes.
@@ -564,12 +569,11 @@ def provision(
     require(p, Permission.PROVISION)
     if not note.strip():
         raise DocumentError([FieldProblem("provision", "note", "a note is required")])
-    rulesets = rulesets or RulesetCache()
     with db.read() as s:
         draft = draft_documents(s)
         active = active_documents(s)
         base_version = (s.get(Control, 1) or Control()).active_version
-        digests = stored_digests(s)
+        skeletons = stored_skeletons(s)
     changes = _change_list(active, draft)
     if not changes:
         raise Conflict("the draft equals the active version: nothing to provision")
@@ -585,12 +589,11 @@ def provision(
             f"{len(report.failures)} of {len(report.results)} assertion(s) fail",
             {"assertions": report.to_json()},
         )
-    active_repo = build_repository(active) if active else None
-    replay_json = _replay(replay_source, draft_repo, active_repo, now)
+    replay_json = _replay(replay_source, draft_repo, active, now)
     # Planned outside the lock from the states of ``base_version``; the write below checks
     # that nothing was provisioned meanwhile, so the plan is still a diff of the stored.
-    plans = plan_desired_state(draft_repo, now, digests, previous_loader(db, digests, rulesets))
-    enforcers = _plan_summary(plans)
+    desired = plan_desired_state(draft_repo, now, skeletons, parts_loader(db))
+    enforcers = _plan_summary(desired.plans)
     summary: dict[str, Any] = {
         "changes": [{k: c[k] for k in ("kind", "name", "change")} for c in changes],
         "counts": _counts(draft_repo),
@@ -605,7 +608,7 @@ def provision(
             raise Conflict("the draft or the active version changed meanwhile; try again")
         enforcers["revision"] = control.revision + 1  # what ``_new_version`` makes it
         number = _new_version(s, control, draft, p.name, note, "provision", None, summary, now)
-        publish(s, control, plans, number, now)
+        publish(s, control, desired, number, now)
         audit.append(
             s,
             control,
@@ -616,7 +619,6 @@ def provision(
             before={"version": base_version},
             after={"version": number, "note": note, "changes": changes},
         )
-    rulesets.put(plans)
     return {"version": number, **summary}
 
 
@@ -666,14 +668,12 @@ def rollback(
     number: int,
     note: str,
     now: datetime,
-    rulesets: RulesetCache | None = None,
 ) -> dict[str, Any]:
     """A new version with the documents of version ``number``; the draft becomes it too
     (pending draft changes are discarded and recorded in the audit entry)."""
     require(p, Permission.PROVISION)
     if not note.strip():
         raise DocumentError([FieldProblem("rollback", "note", "a note is required")])
-    rulesets = rulesets or RulesetCache()
     with db.write() as (s, control):
         target = decode_documents(_version_row(s, number).documents)
         active = active_documents(s, control)
@@ -683,15 +683,14 @@ def rollback(
             "changes": [{k: c[k] for k in ("kind", "name", "change")} for c in changes],
             "rollback_of": number,
         }
-        digests = stored_digests(s)
-        plans = plan_desired_state(
-            build_repository(target), now, digests, previous_loader(db, digests, rulesets)
+        desired = plan_desired_state(
+            build_repository(target), now, stored_skeletons(s), parts_loader(db)
         )
-        enforcers = _plan_summary(plans)
+        enforcers = _plan_summary(desired.plans)
         enforcers["revision"] = control.revision + 1  # what ``_new_version`` makes it
         summary["enforcers"] = enforcers
         new = _new_version(s, control, target, p.name, note, "rollback", number, summary, now)
-        publish(s, control, plans, new, now)
+        publish(s, control, desired, new, now)
         _set_draft(s, target, now, p.name)
         audit.append(
             s,
@@ -703,7 +702,6 @@ def rollback(
             before={"version": new - 1, "discarded_draft": _change_list(active, draft)},
             after={"version": new, "rollback_of": number, "note": note, "changes": changes},
         )
-    rulesets.put(plans)
     return {"version": new, **summary}
 
 

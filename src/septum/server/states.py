@@ -23,27 +23,29 @@ import json
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from septum.render.hostruleset import HostRuleset, compose_deltas
 from septum.render.wire import WIRE_VERSION, decode_deltas, decode_ruleset, encode_deltas
 from septum.runtime import gc_paused
-from septum.server.db import Control, Database, EnforcerChange, EnforcerState
-from septum.server.desired import EnforcerPlan
+from septum.server.db import Control, Database, EnforcerChange, EnforcerState, StateFragment
+from septum.server.desired import DesiredState, assemble, skeleton_parts
 
 __all__ = [
     "CHANNEL",
     "KEEP_CHANGES",
-    "RulesetCache",
     "StateAnswers",
     "current_revisions",
+    "load_parts",
     "load_ruleset",
+    "parts_loader",
     "publish",
     "stored_digests",
+    "stored_skeletons",
 ]
 
 #: The PostgreSQL notification channel; the payload is the new revision.
@@ -60,26 +62,6 @@ def _unpack(blob: bytes) -> bytes:
     return zlib.decompress(blob)
 
 
-class RulesetCache:
-    """The rulesets published last, by enforcer and digest, so that the next provision
-    diffs against objects in memory instead of decoding them from the database (one
-    replica; another replica, or a restart, decodes). Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_enforcer: dict[str, tuple[str, HostRuleset]] = {}
-
-    def get(self, enforcer: str, digest: str) -> HostRuleset | None:
-        with self._lock:
-            hit = self._by_enforcer.get(enforcer)
-        return hit[1] if hit is not None and hit[0] == digest else None
-
-    def put(self, plans: Sequence[EnforcerPlan]) -> None:
-        with self._lock:
-            for p in plans:
-                self._by_enforcer[p.enforcer] = (p.digest, p.ruleset)
-
-
 def stored_digests(s: Session) -> dict[str, str]:
     return {e: d for e, d in s.execute(select(EnforcerState.enforcer, EnforcerState.digest))}
 
@@ -88,52 +70,103 @@ def current_revisions(s: Session) -> dict[str, int]:
     return {e: r for e, r in s.execute(select(EnforcerState.enforcer, EnforcerState.revision))}
 
 
+def load_parts(s: Session, digests: Iterable[str]) -> dict[str, bytes]:
+    """Stored parts by digest (wire JSON bytes); raises KeyError when one is missing."""
+    wanted = sorted(set(digests))
+    found: dict[str, bytes] = {}
+    for i in range(0, len(wanted), 500):  # bound the statement's parameters
+        chunk = wanted[i : i + 500]
+        rows = s.execute(
+            select(StateFragment.digest, StateFragment.body).where(StateFragment.digest.in_(chunk))
+        )
+        found.update((d, _unpack(b)) for d, b in rows)
+    missing = [d for d in wanted if d not in found]
+    if missing:
+        raise KeyError(f"{len(missing)} ruleset parts are missing, e.g. {missing[0]}")
+    return found
+
+
 def load_ruleset(s: Session, enforcer: str) -> HostRuleset | None:
     row = s.get(EnforcerState, enforcer)
     if row is None:
         return None
+    skeleton = _unpack(row.ruleset)
+    parts = load_parts(s, skeleton_parts(skeleton))
     with gc_paused():
-        return decode_ruleset(json.loads(_unpack(row.ruleset)))
+        return decode_ruleset(json.loads(assemble(skeleton, parts.__getitem__)))
 
 
-def previous_loader(
-    db: Database, digests: dict[str, str], cache: RulesetCache
-) -> Callable[[str], HostRuleset | None]:
-    def load(enforcer: str) -> HostRuleset | None:
-        hit = cache.get(enforcer, digests[enforcer])
-        if hit is not None:
-            return hit
+def stored_skeletons(s: Session) -> dict[str, bytes]:
+    """Every enforcer's skeleton (what the next provision plans against)."""
+    rows = s.execute(select(EnforcerState.enforcer, EnforcerState.ruleset))
+    return {e: _unpack(blob) for e, blob in rows}
+
+
+def parts_loader(db: Database) -> Callable[[Iterable[str]], dict[str, bytes]]:
+    def load(digests: Iterable[str]) -> dict[str, bytes]:
         with db.read() as s:
-            return load_ruleset(s, enforcer)
+            return load_parts(s, digests)
 
     return load
 
 
 def publish(
-    s: Session, control: Control, plans: Sequence[EnforcerPlan], version: int, now: datetime
+    s: Session, control: Control, desired: DesiredState, version: int, now: datetime
 ) -> int:
-    """Store ``plans`` as the new states (inside the write transaction that made
-    ``version``, after ``control.revision`` was bumped); returns the revision they got.
-    On PostgreSQL every replica is notified when the transaction commits."""
+    """Store the changed enforcers' states and the parts they lack (inside the write
+    transaction that made ``version``, after ``control.revision`` was bumped); returns the
+    revision they got. On PostgreSQL every replica is notified when the transaction commits."""
     revision = control.revision
-    for p in plans:
-        state = s.get(EnforcerState, p.enforcer)
-        previous = 0 if state is None else state.revision
-        if state is None:
-            state = EnforcerState(enforcer=p.enforcer)
-            s.add(state)
-        state.revision, state.version, state.digest = revision, version, p.digest
-        state.ruleset, state.updated_at = _pack(p.ruleset_json), now
-        s.add(
-            EnforcerChange(
-                enforcer=p.enforcer,
-                revision=revision,
-                previous=previous,
-                version=version,
-                full=p.full,
-                deltas=None if p.deltas_json is None else _pack(p.deltas_json),
-                created_at=now,
-            )
+    plans = desired.plans
+    wanted = sorted(desired.parts)
+    stored: set[str] = set()
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        stored.update(
+            s.execute(select(StateFragment.digest).where(StateFragment.digest.in_(chunk))).scalars()
+        )
+    # Core bulk statements (executemany): a first provision writes thousands of rows, and
+    # the ORM's row-at-a-time unit of work would dominate its time.
+    new_parts = [
+        {"digest": d, "body": _pack(desired.parts[d]), "created_at": now}
+        for d in wanted
+        if d not in stored
+    ]
+    if new_parts:
+        s.execute(insert(StateFragment), new_parts)
+    previous = current_revisions(s)
+    rows = [
+        {
+            "enforcer": p.enforcer,
+            "revision": revision,
+            "version": version,
+            "digest": p.digest,
+            "ruleset": _pack(p.skeleton),
+            "updated_at": now,
+        }
+        for p in plans
+    ]
+    added = [r for r in rows if r["enforcer"] not in previous]
+    if added:
+        s.execute(insert(EnforcerState), added)
+    changed = [r for r in rows if r["enforcer"] in previous]
+    if changed:
+        s.execute(update(EnforcerState), changed)  # by primary key
+    if plans:
+        s.execute(
+            insert(EnforcerChange),
+            [
+                {
+                    "enforcer": p.enforcer,
+                    "revision": revision,
+                    "previous": previous.get(p.enforcer, 0),
+                    "version": version,
+                    "full": p.full,
+                    "deltas": None if p.deltas_json is None else _pack(p.deltas_json),
+                    "created_at": now,
+                }
+                for p in plans
+            ],
         )
     if plans:
         s.execute(delete(EnforcerChange).where(EnforcerChange.version <= version - KEEP_CHANGES))
@@ -161,6 +194,8 @@ class StateAnswers:
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._size = size
+        #: Ruleset parts by digest, shared by the answers of every enforcer that uses them.
+        self._parts: dict[str, bytes] = {}
 
     def answer(self, enforcer: str, revision: int) -> tuple[int, bytes] | None:
         """(the enforcer's revision, the answer's JSON bytes), or None when the agent is
@@ -219,4 +254,16 @@ class StateAnswers:
                     head[:-1] + b',"from":' + str(revision).encode() + b',"deltas":' + deltas + b"}"
                 )
         head = _envelope(enforcer, state.revision, state.version, "full")
-        return head[:-1] + b',"ruleset":' + _unpack(state.ruleset) + b"}"
+        skeleton = _unpack(state.ruleset)
+        wanted = skeleton_parts(skeleton)
+        with self._lock:
+            parts = {d: self._parts[d] for d in wanted if d in self._parts}
+        missing = [d for d in wanted if d not in parts]
+        if missing:
+            loaded = load_parts(s, missing)
+            parts.update(loaded)
+            with self._lock:
+                if len(self._parts) > 200_000:  # parts are immutable: any may go
+                    self._parts.clear()
+                self._parts.update(loaded)
+        return head[:-1] + b',"ruleset":' + assemble(skeleton, parts.__getitem__) + b"}"

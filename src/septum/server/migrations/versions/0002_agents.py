@@ -52,6 +52,12 @@ def upgrade() -> None:
         "ix_agent_certificates_enforcer", "agent_certificates", ["enforcer"], unique=False
     )
     op.create_table(
+        "state_fragments",
+        sa.Column("digest", sa.String(64), primary_key=True),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+    )
+    op.create_table(
         "enforcer_states",
         sa.Column("enforcer", sa.String(253), primary_key=True),
         sa.Column("revision", sa.BigInteger, nullable=False),
@@ -87,6 +93,7 @@ def downgrade() -> None:
         "enforcer_status",
         "enforcer_changes",
         "enforcer_states",
+        "state_fragments",
         "agent_certificates",
         "join_tokens",
         "authority",
