@@ -88,6 +88,15 @@ def server_run(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            "--poll-interval",
+            min=0.1,
+            help="Re-read enforcer revisions at least this often (seconds), for agents' "
+            "long-polls, in case a PostgreSQL notification was lost.",
+        ),
+    ] = 2.0,
     tls: Annotated[
         bool,
         typer.Option(
@@ -115,7 +124,9 @@ def server_run(
 
     with _reported(False):
         data.mkdir(parents=True, exist_ok=True)
-        settings = ServerSettings(data_dir=data, database_url=database_url)
+        settings = ServerSettings(
+            data_dir=data, database_url=database_url, poll_interval=poll_interval
+        )
         db = Database(settings.url)
         db.migrate()
         if bootstrap_admin:
