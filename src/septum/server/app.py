@@ -172,9 +172,9 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     replay = ReplaySource(ctx.settings.flows_dir, ctx.settings.replay_days)
     # Desired state: the board that wakes long-polls, and the cached answers to agents.
-    board = StateBoard(ctx.db, ctx.settings.poll_interval)
-    app.state.board = board
-    app.state.answers = StateAnswers(ctx.db)
+    answers = StateAnswers(ctx.db)
+    board = StateBoard(ctx.db, ctx.settings.poll_interval, on_change=answers.prefetch)
+    app.state.board, app.state.answers = board, answers
     app.router.add_event_handler("shutdown", board.close)
 
     @app.middleware("http")

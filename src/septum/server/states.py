@@ -23,7 +23,7 @@ import json
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select, text, update
@@ -182,6 +182,11 @@ def _envelope(enforcer: str, revision: int, version: int | None, kind: str) -> b
     return json.dumps(head, separators=(",", ":")).encode()
 
 
+def _delta_answer(enforcer: str, revision: int, version: int, base: int, deltas: bytes) -> bytes:
+    head = _envelope(enforcer, revision, version, "delta")
+    return head[:-1] + b',"from":' + str(base).encode() + b',"deltas":' + deltas + b"}"
+
+
 def unchanged(enforcer: str, revision: int, version: int | None) -> bytes:
     return _envelope(enforcer, revision, version, "unchanged")
 
@@ -196,6 +201,49 @@ class StateAnswers:
         self._size = size
         #: Ruleset parts by digest, shared by the answers of every enforcer that uses them.
         self._parts: dict[str, bytes] = {}
+
+    def cached(self, enforcer: str, revision: int, target: int) -> bytes | None:
+        """The answer from ``revision`` to ``target`` when it was made already."""
+        with self._lock:
+            return self._cache.get((enforcer, revision, target))
+
+    def _remember(self, key: tuple[str, int, int], body: bytes) -> None:
+        with self._lock:
+            self._cache[key] = body
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+
+    def prefetch(self, before: Mapping[str, int], after: Mapping[str, int]) -> int:
+        """Make, in one query, the one-step delta answers of every enforcer whose revision
+        moved from ``before`` to ``after`` (a provision that touches a thousand enforcers
+        wakes a thousand agents at once; each then finds its answer made). Returns how many
+        were made; enforcers whose change was a whole table are left to ``answer``."""
+        moved = {e: (before[e], r) for e, r in after.items() if e in before and before[e] != r}
+        if not moved:
+            return 0
+        made = 0
+        targets = sorted({r for _, r in moved.values()})
+        with self.db.read() as s:
+            rows = s.execute(
+                select(
+                    EnforcerChange.enforcer,
+                    EnforcerChange.previous,
+                    EnforcerChange.revision,
+                    EnforcerChange.version,
+                    EnforcerChange.deltas,
+                ).where(EnforcerChange.revision.in_(targets))
+            )
+            for enforcer, previous, revision, version, deltas in rows:
+                if deltas is None or moved.get(enforcer) != (previous, revision):
+                    continue
+                self._remember(
+                    (enforcer, previous, revision),
+                    _delta_answer(enforcer, revision, version, previous, _unpack(deltas)),
+                )
+                made += 1
+        if len(self._cache) > self._size // 2:
+            self._size = max(self._size, 4 * made)  # room for one wave of every agent
+        return made
 
     def answer(self, enforcer: str, revision: int) -> tuple[int, bytes] | None:
         """(the enforcer's revision, the answer's JSON bytes), or None when the agent is
@@ -212,10 +260,7 @@ class StateAnswers:
             if hit is not None:
                 return state_rev, hit
             body = self._build(s, enforcer, revision)
-        with self._lock:
-            self._cache[key] = body
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
+        self._remember(key, body)
         return state_rev, body
 
     def _build(self, s: Session, enforcer: str, revision: int) -> bytes:
@@ -239,7 +284,6 @@ class StateAnswers:
                 and all(c.deltas is not None for c in changes)
             )
             if chained:
-                head = _envelope(enforcer, state.revision, state.version, "delta")
                 if len(changes) == 1:
                     deltas = _unpack(changes[0].deltas or b"")
                 else:
@@ -250,9 +294,7 @@ class StateAnswers:
                         deltas = json.dumps(
                             encode_deltas(compose_deltas(steps)), separators=(",", ":")
                         ).encode()
-                return (
-                    head[:-1] + b',"from":' + str(revision).encode() + b',"deltas":' + deltas + b"}"
-                )
+                return _delta_answer(enforcer, state.revision, state.version, revision, deltas)
         head = _envelope(enforcer, state.revision, state.version, "full")
         skeleton = _unpack(state.ruleset)
         wanted = skeleton_parts(skeleton)

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 
 from starlette.concurrency import run_in_threadpool
 
@@ -39,9 +40,17 @@ log = logging.getLogger("septum.server.watch")
 
 
 class StateBoard:
-    def __init__(self, db: Database, poll_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        poll_interval: float = 2.0,
+        on_change: Callable[[Mapping[str, int], Mapping[str, int]], object] | None = None,
+    ) -> None:
         self.db = db
         self.poll_interval = poll_interval
+        #: Called (in a worker thread, before waiters wake) with the revisions before and
+        #: after a refresh that saw a change: ``StateAnswers.prefetch``.
+        self.on_change = on_change
         self.revisions: dict[str, int] = {}
         self.refreshes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,16 +105,19 @@ class StateBoard:
         assert self._lock is not None
         async with self._lock:
             self._pending = False
-            revisions = await run_in_threadpool(self._read)
+            revisions = await run_in_threadpool(self._read, self.revisions)
             self.revisions = revisions
             self.refreshes += 1
             changed, self._changed = self._changed, asyncio.Event()
             if changed is not None:
                 changed.set()
 
-    def _read(self) -> dict[str, int]:
+    def _read(self, before: dict[str, int]) -> dict[str, int]:
         with self.db.read() as s:
-            return current_revisions(s)
+            after = current_revisions(s)
+        if self.on_change is not None and after != before:
+            self.on_change(before, after)
+        return after
 
     async def _poll(self) -> None:
         while True:
