@@ -287,7 +287,9 @@ class ControlPlaneServer:
         return dict(row)
 
 
-def _listening_socket(port: int = 0, namespace: str | None = None) -> socket.socket:
+def _listening_socket(
+    port: int = 0, namespace: str | None = None, host: str = HOST
+) -> socket.socket:
     """Bound here (no free-port race); in ``namespace`` when given (a socket belongs to the
     namespace it was made in, whichever thread uses it later)."""
     if namespace is None:
@@ -300,24 +302,32 @@ def _listening_socket(port: int = 0, namespace: str | None = None) -> socket.soc
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # The same port again after a restart, while old connections sit in TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, port))
+        sock.bind((host, port))
     return sock
 
 
 class Served:
     """The real app over TLS in a uvicorn thread; ``stop`` and ``start`` again on one port."""
 
-    def __init__(self, harness: Harness, options: dict[str, Any], namespace: str | None) -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        options: dict[str, Any],
+        namespace: str | None,
+        host: str = HOST,
+        port: int = 0,
+    ) -> None:
         self.harness = harness
         self.options = options
         self.namespace = namespace
-        self.port = 0
+        self.host = host
+        self.port = port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
 
     def start(self) -> str:
-        sock = _listening_socket(self.port, self.namespace)
+        sock = _listening_socket(self.port, self.namespace, self.host)
         self.port = sock.getsockname()[1]
         # A new app over the same database, as a restarted process would be; the real
         # clock, because the TLS handshake checks certificates against it.
@@ -338,7 +348,7 @@ class Served:
                 pytest.fail("uvicorn did not start")
             time.sleep(0.01)
         self._server, self._thread, self._sock = server, thread, sock
-        return f"https://{HOST}:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     def stop(self) -> None:
         if self._server is None or self._thread is None or self._sock is None:
@@ -352,18 +362,19 @@ class Served:
 
 @contextmanager
 def control_plane(
-    tmp_path: Path, namespace: str | None = None
+    tmp_path: Path, namespace: str | None = None, host: str = HOST, port: int = 0
 ) -> Iterator[tuple[ControlPlaneServer, Served]]:
-    """The examples provisioned as version 1 on SQLite, served over TLS on 127.0.0.1."""
+    """The examples provisioned as version 1 on SQLite, served over TLS on ``host``
+    (127.0.0.1 unless given; the server certificate names it) and ``port`` (0: any)."""
     with running_harness(f"sqlite+pysqlite:///{tmp_path / 'septum.db'}", tmp_path) as h:
         now = datetime.now(UTC)
         ca = enrolment.authority(h.db, now)
-        issued = enrolment.server_certificate(h.db, [HOST], now)
+        issued = enrolment.server_certificate(h.db, [host], now)
         assert issued.key_pem is not None
         options = server_ssl_config(
             tmp_path / "tls", ca_pem=ca.cert_pem, cert_pem=issued.cert_pem, key_pem=issued.key_pem
         )
-        served = Served(h, dict(options), namespace)
+        served = Served(h, dict(options), namespace, host, port)
         url = served.start()
         try:
             yield (

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 from septum.errors import SeptumError
+from septum.runtime import gc_paused
 from septum.server import service
 from septum.server.auth import Principal
 from septum.server.db import Database
@@ -263,7 +264,8 @@ def create_app(ctx: AppContext) -> FastAPI:
     def replace_draft(request: DraftReplace, p: Caller) -> dict[str, Any]:
         """Make the draft exactly these documents (``septum push``); all or nothing."""
         entries = [e.model_dump() for e in request.documents]
-        return service.replace_draft(ctx.db, p, entries, ctx.clock())
+        with gc_paused():  # a large draft is millions of objects (see septum.runtime)
+            return service.replace_draft(ctx.db, p, entries, ctx.clock())
 
     @app.post("/api/v1/draft/reset", tags=["draft"])
     def reset_draft(p: Caller) -> dict[str, Any]:
@@ -281,7 +283,8 @@ def create_app(ctx: AppContext) -> FastAPI:
     def provision(request: NoteRequest, p: Caller) -> dict[str, Any]:
         """Validate the draft, run every assertion, replay recent flows, and make the
         draft the next version. Refused (422, nothing changed) when an assertion fails."""
-        result = service.provision(ctx.db, p, request.note, ctx.clock(), replay)
+        with gc_paused():  # builds the estate and every enforcer's ruleset
+            result = service.provision(ctx.db, p, request.note, ctx.clock(), replay)
         board.poke()  # this replica's agents hear of it now; others by NOTIFY or polling
         return result
 
@@ -307,7 +310,8 @@ def create_app(ctx: AppContext) -> FastAPI:
         number: Annotated[int, Path(ge=1, le=10**9)], request: NoteRequest, p: Caller
     ) -> dict[str, Any]:
         """A new version with the documents of an old one."""
-        result = service.rollback(ctx.db, p, number, request.note, ctx.clock())
+        with gc_paused():
+            result = service.rollback(ctx.db, p, number, request.note, ctx.clock())
         board.poke()
         return result
 
