@@ -398,6 +398,11 @@ class IncrementalCompiler:
             table=self.settings.table,
         )
 
+    def named_set(self, name: str) -> NamedSet:
+        """The current state of the shared set ``name`` (the same in every enforcer that
+        declares it). Raises KeyError for a set no enforcer declares. Cost: O(n log n)."""
+        return replace(self._set_meta[name], elements=tuple(sorted(self._sets[name])))
+
     def script(self, enforcer: str) -> str:
         """The whole current table of ``enforcer`` as one nft script."""
         return render_nft(self.snapshot(enforcer))

@@ -33,6 +33,7 @@ from septum.errors import SeptumError
 from septum.runtime import gc_paused
 from septum.server import service
 from septum.server.auth import Principal
+from septum.server.builds import Builds
 from septum.server.db import Database
 from septum.server.documents import COLLECTIONS, DocumentError, FieldProblem
 from septum.server.service import (
@@ -173,9 +174,11 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     replay = ReplaySource(ctx.settings.flows_dir, ctx.settings.replay_days)
     # Desired state: the board that wakes long-polls, and the cached answers to agents.
+    builds = Builds()  # the active version kept built, for incremental provisioning
     answers = StateAnswers(ctx.db)
     board = StateBoard(ctx.db, ctx.settings.poll_interval, on_change=answers.prefetch)
     app.state.board, app.state.answers = board, answers
+    app.state.agent_auth = {}  # see routes_enrolment.AGENT_AUTH_TTL
     app.router.add_event_handler("shutdown", board.close)
 
     @app.middleware("http")
@@ -284,7 +287,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         """Validate the draft, run every assertion, replay recent flows, and make the
         draft the next version. Refused (422, nothing changed) when an assertion fails."""
         with gc_paused():  # builds the estate and every enforcer's ruleset
-            result = service.provision(ctx.db, p, request.note, ctx.clock(), replay)
+            result = service.provision(ctx.db, p, request.note, ctx.clock(), replay, builds)
         board.poke()  # this replica's agents hear of it now; others by NOTIFY or polling
         return result
 
@@ -311,7 +314,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     ) -> dict[str, Any]:
         """A new version with the documents of an old one."""
         with gc_paused():
-            result = service.rollback(ctx.db, p, number, request.note, ctx.clock())
+            result = service.rollback(ctx.db, p, number, request.note, ctx.clock(), builds)
         board.poke()
         return result
 
@@ -365,7 +368,9 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     @app.delete("/api/v1/access/tokens/{token_id}", tags=["identity"])
     def revoke_token(token_id: str, p: Caller) -> dict[str, Any]:
-        return service.revoke_token(ctx.db, p, token_id, ctx.clock())
+        revoked = service.revoke_token(ctx.db, p, token_id, ctx.clock())
+        app.state.agent_auth.clear()  # agents' identities verified recently (routes_enrolment)
+        return revoked
 
     # Imported here: routes_enrolment imports this module (Caller, AppContext).
     from septum.server import routes_agent, routes_enrolment

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from septum.engine.resolve import resolve_policy
@@ -56,6 +56,7 @@ __all__ = [
     "EnforcerPlan",
     "SkeletonMaker",
     "assemble",
+    "layout",
     "plan_desired_state",
     "ruleset_wire",
     "skeleton_parts",
@@ -70,7 +71,6 @@ class EnforcerPlan:
     None when the agent must take the whole table."""
 
     enforcer: str
-    ruleset: HostRuleset
     skeleton: bytes
     digest: str
     deltas_json: bytes | None
@@ -87,6 +87,10 @@ class DesiredState:
 
     plans: list[EnforcerPlan]
     parts: dict[str, bytes]
+    #: Every enforcer's skeleton and the names of its sets and maps in skeleton order,
+    #: changed or not (what ``server.builds`` keeps to update them incrementally).
+    skeletons: dict[str, bytes] = field(default_factory=dict)
+    layouts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _dumps(value: object) -> bytes:
@@ -109,7 +113,7 @@ class SkeletonMaker:
         self._digests: dict[int, str] = {}
         self._declarations: dict[int, list[object]] = {}
 
-    def _part(self, part: Chain | NamedSet | VerdictMap) -> str:
+    def part_digest(self, part: Chain | NamedSet | VerdictMap) -> str:
         key = id(part)  # alive: the encoder keeps every part it saw
         digest = self._digests.get(key)
         if digest is None:
@@ -136,7 +140,7 @@ class SkeletonMaker:
         equal structures differ by element deltas only."""
         header = ruleset_header(ruleset)
         at = header.pop("at")
-        chains = [self._part(c) for c in ruleset.chains]
+        chains = [self.part_digest(c) for c in ruleset.chains]
         structure = {
             **header,
             "chains": chains,
@@ -149,8 +153,8 @@ class SkeletonMaker:
             **header,
             "structure": _digest(_dumps(structure)),
             "chains": chains,
-            "sets": [self._part(x) for x in ruleset.sets],
-            "maps": [self._part(m) for m in ruleset.maps],
+            "sets": [self.part_digest(x) for x in ruleset.sets],
+            "maps": [self.part_digest(m) for m in ruleset.maps],
         }
         body = _dumps(doc)
         return _dumps({"at": at, **doc}), _digest(body)
@@ -242,8 +246,8 @@ def plan_desired_state(
         skeleton, digest = maker.skeleton(rulesets[enforcer])
         made.append((enforcer, rulesets[enforcer], skeleton, digest))
     diffs = _ElementDiffs(maker.objects, load_parts)
-    pending: list[tuple[str, HostRuleset, bytes, str, list[tuple[str, str]] | None]] = []
-    for enforcer, ruleset, skeleton, digest in made:
+    pending: list[tuple[str, bytes, str, list[tuple[str, str]] | None]] = []
+    for enforcer, _ruleset, skeleton, digest in made:
         old_skeleton = previous.get(enforcer)
         old = json.loads(old_skeleton) if old_skeleton is not None else None
         if old is not None and _without_at(old) == digest:
@@ -254,18 +258,28 @@ def plan_desired_state(
             olds = [*old["sets"], *old["maps"]]
             news = [*new["sets"], *new["maps"]]
             pairs = [(a, b) for a, b in zip(olds, news, strict=True) if a != b]
-        pending.append((enforcer, ruleset, skeleton, digest, pairs))
+        pending.append((enforcer, skeleton, digest, pairs))
     diffs.prefetch(a for *_, pairs in pending if pairs for a, _ in pairs)
     plans: list[EnforcerPlan] = []
     used: set[str] = set()
-    for enforcer, ruleset, skeleton, digest, pairs in pending:
+    for enforcer, skeleton, digest, pairs in pending:
         used.update(skeleton_parts(skeleton))
         deltas: bytes | None = None
         if pairs is not None:
             encoded = [d for a, b in pairs if (d := diffs.delta(a, b)) is not None]
             deltas = b"[" + b",".join(encoded) + b"]"
-        plans.append(EnforcerPlan(enforcer, ruleset, skeleton, digest, deltas))
-    return DesiredState(plans, {d: maker.parts[d] for d in used})
+        plans.append(EnforcerPlan(enforcer, skeleton, digest, deltas))
+    return DesiredState(
+        plans,
+        {d: maker.parts[d] for d in used},
+        {e: skeleton for e, _r, skeleton, _d in made},
+        {e: layout(r) for e, r, _s, _d in made},
+    )
+
+
+def layout(ruleset: HostRuleset) -> tuple[str, ...]:
+    """The names of a ruleset's sets, then its maps: the order of their skeleton digests."""
+    return (*(x.name for x in ruleset.sets), *(m.name for m in ruleset.maps))
 
 
 def _without_at(skeleton: dict[str, object]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from septum.errors import Problem, SeptumError, ValidationError
 from septum.model.documents import Position, SourceDocument
 from septum.model.parse import UnresolvedReferences, parse_documents
-from septum.model.resources import Repository
+from septum.model.resources import Repository, Workload
 
 __all__ = [
     "INVENTORY_KINDS",
@@ -36,6 +36,7 @@ __all__ = [
     "diff_documents",
     "documents_digest",
     "encode_documents",
+    "parse_workload",
 ]
 
 #: Kinds a repository may hold, and the collection name each has in the API.
@@ -208,6 +209,19 @@ def build_repository(docs: Sequence[StoredDocument]) -> Repository:
         return parse_documents(sources)
     except ValidationError as exc:
         raise DocumentError(_field_problems(exc.problems, bodies)) from None
+
+
+def parse_workload(doc: StoredDocument) -> Workload:
+    """One Workload document on its own, as the whole repository's parse makes it
+    (implicit labels included). Raises DocumentError."""
+    src = _source_document(doc)
+    try:
+        repo = parse_documents([src], check_references=False)
+    except ValidationError as exc:
+        raise DocumentError(_field_problems(exc.problems, {src.file: doc.body})) from None
+    if len(repo.workloads) != 1:
+        raise DocumentError([FieldProblem(src.file, "kind", "not one Workload")])
+    return repo.workloads[0]
 
 
 def check_document(doc: StoredDocument) -> None:

@@ -12,11 +12,13 @@ Two kinds of route:
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from septum.server import enrolment, tls
 from septum.server.app import AppContext, Caller, caller
@@ -60,13 +62,15 @@ def _ctx(request: Request) -> AppContext:
 # ------------------------------------------------------------------ the agent caller
 
 
-def agent_caller(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-) -> Principal:
-    """The agent calling an agent route: by its client certificate when the TLS connection
-    carries one (the certificate wins over any header), else by an agent user's API token.
-    Any other role is refused (403): agent routes serve one enforcer's state, not people."""
+#: How long a verified agent identity is reused without asking the database again. An
+#: agent re-polls the moment an answer arrives, so a provision that wakes a thousand agents
+#: would otherwise queue a thousand authentication queries in the thread pool, ahead of the
+#: next answers. A revocation through this replica clears the cache at once; through
+#: another replica it takes effect here within this time.
+AGENT_AUTH_TTL = 5.0
+
+
+def _authenticated_agent(request: Request, authorization: str | None) -> Principal:
     certificate = tls.client_certificate(request)
     if certificate is None:
         p = caller(request, authorization)
@@ -74,7 +78,26 @@ def agent_caller(
             raise Forbidden("agent routes are for agents")
         return p
     ctx = _ctx(request)
-    p = enrolment.agent_principal(ctx.db, certificate, ctx.clock())
+    return enrolment.agent_principal(ctx.db, certificate, ctx.clock())
+
+
+async def agent_caller(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The agent calling an agent route: by its client certificate when the TLS connection
+    carries one (the certificate wins over any header), else by an agent user's API token.
+    Any other role is refused (403): agent routes serve one enforcer's state, not people."""
+    cache: dict[object, tuple[Principal, float]] = request.app.state.agent_auth
+    key = (tls.client_certificate(request), authorization)
+    hit = cache.get(key)
+    if hit is not None and hit[1] > time.monotonic():
+        p = hit[0]
+    else:
+        p = await run_in_threadpool(_authenticated_agent, request, authorization)
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[key] = (p, time.monotonic() + AGENT_AUTH_TTL)
     request.state.principal = p.name
     return p
 
@@ -114,7 +137,9 @@ def list_agent_certificates(request: Request, p: Caller) -> list[dict[str, Any]]
 def revoke_agent_certificate(serial: str, request: Request, p: Caller) -> dict[str, Any]:
     """Refuse the certificate from now on; its agent must enrol again."""
     ctx = _ctx(request)
-    return enrolment.revoke_certificate(ctx.db, p, serial, ctx.clock())
+    revoked = enrolment.revoke_certificate(ctx.db, p, serial, ctx.clock())
+    request.app.state.agent_auth.clear()  # this replica refuses it from the next request
+    return revoked
 
 
 # ------------------------------------------------------------------ agents: /agent/v1

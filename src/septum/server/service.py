@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from septum.engine.assertions import run_assertions
 from septum.engine.containment import counterexample
 from septum.errors import SelectorSyntaxError, SeptumError
-from septum.model.resources import Repository
+from septum.model.resources import Repository, Workload
 from septum.model.selector import ALL, Selector, parse_selector
 from septum.server import audit
 from septum.server.auth import (
@@ -36,6 +36,7 @@ from septum.server.auth import (
     split_token,
     token_usable,
 )
+from septum.server.builds import ActiveBuild, Builds, relabel, relabelled
 from septum.server.db import (
     GENESIS_HASH,
     ApiToken,
@@ -46,7 +47,7 @@ from septum.server.db import (
     User,
     Version,
 )
-from septum.server.desired import EnforcerPlan, plan_desired_state
+from septum.server.desired import DesiredState, EnforcerPlan, plan_desired_state
 from septum.server.documents import (
     INVENTORY_KINDS,
     DocumentError,
@@ -60,6 +61,7 @@ from septum.server.documents import (
     documents_digest,
     encode_documents,
     envelope,
+    parse_workload,
 )
 from septum.server.states import parts_loader, publish, stored_skeletons
 
@@ -539,6 +541,7 @@ class ReplaySource:
 def _replay(
     source: ReplaySource,
     draft: Repository,
+    active_repo: Repository | None,
     active_documents: Sequence[StoredDocument],
     now: datetime,
 ) -> dict[str, Any]:
@@ -546,7 +549,9 @@ def _replay(
         return {"records": 0, "note": "no recorded flows"}
     # Built only here: without recorded flows the active repository is not needed, and a
     # large one costs seconds to build.
-    active = build_repository(active_documents) if active_documents else None
+    active = active_repo
+    if active is None and active_documents:
+        active = build_repository(active_documents)
     from septum.flows.analysis import replay_store  # the flow engine loads DuckDB
     from septum.flows.store import FlowStore
 
@@ -561,6 +566,7 @@ def provision(
     note: str,
     now: datetime,
     replay_source: ReplaySource,
+    builds: Builds | None = None,
 ) -> dict[str, Any]:
     """Validate the draft, run every assertion, replay recent flows, and make the draft
     the next numbered version, with the new desired state of every enforcer it changes.
@@ -573,26 +579,47 @@ def provision(
         draft = draft_documents(s)
         active = active_documents(s)
         base_version = (s.get(Control, 1) or Control()).active_version
-        skeletons = stored_skeletons(s)
     changes = _change_list(active, draft)
     if not changes:
         raise Conflict("the draft equals the active version: nothing to provision")
-    try:
-        draft_repo = build_repository(draft)
-    except DocumentError as exc:
-        raise ProvisionRefused(
-            "the draft does not validate", {"problems": [x.to_json() for x in exc.problems]}
-        ) from None
+    # Relabelling only, and this process holds the base version built: the incremental
+    # path (``server.builds``); anything else, the full path.
+    build = builds.take(base_version) if builds is not None else None
+    relabelled_workloads = _relabelled_workloads(build, changes, draft, now)
+    draft_repo: Repository | None = None
+    if build is not None and relabelled_workloads is not None:
+        draft_repo = relabelled(build, relabelled_workloads)
+    if draft_repo is None:
+        if build is not None and builds is not None:
+            builds.put(build)  # untouched: a later relabelling may still use it
+        build = None
+        try:
+            draft_repo = build_repository(draft)
+        except DocumentError as exc:
+            raise ProvisionRefused(
+                "the draft does not validate", {"problems": [x.to_json() for x in exc.problems]}
+            ) from None
     report = run_assertions(draft_repo, now)
     if not report.passed:
+        if build is not None and builds is not None:
+            builds.put(build)
         raise ProvisionRefused(
             f"{len(report.failures)} of {len(report.results)} assertion(s) fail",
             {"assertions": report.to_json()},
         )
-    replay_json = _replay(replay_source, draft_repo, active, now)
-    # Planned outside the lock from the states of ``base_version``; the write below checks
-    # that nothing was provisioned meanwhile, so the plan is still a diff of the stored.
-    desired = plan_desired_state(draft_repo, now, skeletons, parts_loader(db))
+    base_repo = build.repo if build is not None else None
+    replay_json = _replay(replay_source, draft_repo, base_repo, active, now)
+    desired: DesiredState | None = None
+    if build is not None and relabelled_workloads is not None:
+        desired = relabel(build, relabelled_workloads, now)
+        if desired is None:
+            build = None  # the compiler rebuilt itself: spent
+    if desired is None:
+        # Planned outside the lock from the states of ``base_version``; the write below
+        # checks that nothing was provisioned meanwhile, so the plan is a diff of the stored.
+        with db.read() as s:
+            skeletons = stored_skeletons(s)
+        desired = plan_desired_state(draft_repo, now, skeletons, parts_loader(db))
     enforcers = _plan_summary(desired.plans)
     summary: dict[str, Any] = {
         "changes": [{k: c[k] for k in ("kind", "name", "change")} for c in changes],
@@ -619,7 +646,33 @@ def provision(
             before={"version": base_version},
             after={"version": number, "note": note, "changes": changes},
         )
+    if builds is not None:
+        if build is not None:
+            build.version, build.repo = number, draft_repo
+            builds.incremental += 1
+            builds.put(build)
+        else:
+            builds.prime(number, draft_repo, now, desired.skeletons, desired.layouts)
     return {"version": number, **summary}
+
+
+def _relabelled_workloads(
+    build: ActiveBuild | None,
+    changes: Sequence[Mapping[str, Any]],
+    draft: Sequence[StoredDocument],
+    now: datetime,
+) -> list[Workload] | None:
+    """The changed workloads, parsed, when the change is a relabelling the build can
+    take incrementally; else None."""
+    if build is None or not build.valid_at(now):
+        return None
+    if not all(c["kind"] == "Workload" and c["change"] == "changed" for c in changes):
+        return None
+    by_key = {d.key: d for d in draft}
+    try:
+        return [parse_workload(by_key[("Workload", c["name"])]) for c in changes]
+    except DocumentError:
+        return None  # the full path reports it, with every other problem
 
 
 def _plan_summary(plans: Sequence[EnforcerPlan]) -> dict[str, Any]:
@@ -668,6 +721,7 @@ def rollback(
     number: int,
     note: str,
     now: datetime,
+    builds: Builds | None = None,
 ) -> dict[str, Any]:
     """A new version with the documents of version ``number``; the draft becomes it too
     (pending draft changes are discarded and recorded in the audit entry)."""
@@ -683,9 +737,8 @@ def rollback(
             "changes": [{k: c[k] for k in ("kind", "name", "change")} for c in changes],
             "rollback_of": number,
         }
-        desired = plan_desired_state(
-            build_repository(target), now, stored_skeletons(s), parts_loader(db)
-        )
+        target_repo = build_repository(target)
+        desired = plan_desired_state(target_repo, now, stored_skeletons(s), parts_loader(db))
         enforcers = _plan_summary(desired.plans)
         enforcers["revision"] = control.revision + 1  # what ``_new_version`` makes it
         summary["enforcers"] = enforcers
@@ -702,6 +755,8 @@ def rollback(
             before={"version": new - 1, "discarded_draft": _change_list(active, draft)},
             after={"version": new, "rollback_of": number, "note": note, "changes": changes},
         )
+    if builds is not None:
+        builds.prime(new, target_repo, now, desired.skeletons, desired.layouts)
     return {"version": new, **summary}
 
 
