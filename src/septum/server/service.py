@@ -306,6 +306,7 @@ def put_document(
             ]
         )
     with db.write() as (s, control):
+        control.draft_revision += 1
         row = s.get(DraftDocument, (kind, name))
         before = _stored(row) if row is not None else None
         after = StoredDocument(
@@ -363,6 +364,7 @@ def patch_labels(
 
 def delete_document(db: Database, p: Principal, kind: str, name: str, now: datetime) -> None:
     with db.write() as (s, control):
+        control.draft_revision += 1
         row = s.get(DraftDocument, (kind, name))
         if row is None:
             raise NotFound(f"no {kind} {name!r} in the draft")
@@ -418,6 +420,7 @@ def replace_draft(
         raise DocumentError(problems)
     build_repository(docs)  # the whole draft must validate, references included
     with db.write() as (s, control):
+        control.draft_revision += 1
         old = draft_documents(s)
         changes = _change_list(old, docs)
         if not changes and {(d.key, d.path, d.position) for d in old} == {
@@ -454,6 +457,7 @@ def reset_draft(db: Database, p: Principal, now: datetime) -> dict[str, Any]:
     """Throw away the draft's changes: the draft becomes the active version again."""
     require(p, Permission.PROVISION)
     with db.write() as (s, control):
+        control.draft_revision += 1
         active = active_documents(s, control)
         old = draft_documents(s)
         changes = _change_list(old, active)
@@ -485,6 +489,9 @@ def _draft_row(d: StoredDocument, now: datetime, actor: str) -> DraftDocument:
 
 
 def _set_draft(s: Session, docs: Sequence[StoredDocument], now: datetime, actor: str) -> None:
+    control = s.get(Control, 1)
+    if control is not None:
+        control.draft_revision += 1
     s.execute(delete(DraftDocument))
     s.add_all(_draft_row(d, now, actor) for d in docs)
 
@@ -576,9 +583,10 @@ def provision(
     if not note.strip():
         raise DocumentError([FieldProblem("provision", "note", "a note is required")])
     with db.read() as s:
+        control_row = s.get(Control, 1) or Control(draft_revision=0)
+        base_version, draft_revision = control_row.active_version, control_row.draft_revision
         draft = draft_documents(s)
-        active = active_documents(s)
-        base_version = (s.get(Control, 1) or Control()).active_version
+        active = active_documents(s, control_row)
     changes = _change_list(active, draft)
     if not changes:
         raise Conflict("the draft equals the active version: nothing to provision")
@@ -629,9 +637,7 @@ def provision(
         "enforcers": enforcers,
     }
     with db.write() as (s, control):
-        if control.active_version != base_version or documents_digest(
-            draft_documents(s)
-        ) != documents_digest(draft):
+        if control.active_version != base_version or control.draft_revision != draft_revision:
             raise Conflict("the draft or the active version changed meanwhile; try again")
         enforcers["revision"] = control.revision + 1  # what ``_new_version`` makes it
         number = _new_version(s, control, draft, p.name, note, "provision", None, summary, now)

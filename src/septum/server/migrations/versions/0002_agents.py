@@ -20,6 +20,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column(
+        "control",
+        sa.Column("draft_revision", sa.BigInteger, nullable=False, server_default="0"),
+    )
     op.create_table(
         "authority",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -99,3 +103,4 @@ def downgrade() -> None:
         "authority",
     ):
         op.drop_table(table)
+    op.drop_column("control", "draft_revision")
