@@ -227,3 +227,27 @@ def test_provisions_through_both_replicas_reach_the_agent_in_order(
     assert numbers == list(range(1, 8))
     assert [r for _, r in chain] == sorted({r for _, r in chain})
     assert all(prev == before for (prev, _), (_, before) in zip(chain[1:], chain, strict=False))
+
+
+def test_a_revocation_through_one_replica_is_refused_at_once_by_the_other(
+    replicas: tuple[str, str, str, str],
+) -> None:
+    """Replicas reuse a verified agent identity for up to a minute; a revocation through
+    another replica reaches them by notification, so the very next request is refused."""
+    a, b, admin, agent = replicas
+    _state(b, agent, 0)  # b has verified the agent (and remembers it)
+    token_id = agent.split("_")[1]
+    headers = {"Authorization": f"Bearer {admin}"}
+    _ok(httpx.delete(f"{a}/api/v1/access/tokens/{token_id}", headers=headers))
+    deadline = time.monotonic() + 20  # the notification is asynchronous, not a minute
+    while True:
+        r = httpx.get(
+            f"{b}/agent/v1/state",
+            params={"wait": 0},
+            headers={"Authorization": f"Bearer {agent}"},
+        )
+        if r.status_code == 401:
+            break
+        assert r.status_code == 200, r.text
+        assert time.monotonic() < deadline, "replica b still accepts the revoked token"
+        time.sleep(0.1)

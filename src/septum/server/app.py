@@ -176,9 +176,17 @@ def create_app(ctx: AppContext) -> FastAPI:
     # Desired state: the board that wakes long-polls, and the cached answers to agents.
     builds = Builds()  # the active version kept built, for incremental provisioning
     answers = StateAnswers(ctx.db)
-    board = StateBoard(ctx.db, ctx.settings.poll_interval, on_change=answers.prefetch)
+    # Agents' identities verified recently (routes_enrolment.AGENT_AUTH_TTL), forgotten
+    # when a credential is revoked here or, by notification, through another replica.
+    agent_auth: dict[object, object] = {}
+    board = StateBoard(
+        ctx.db,
+        ctx.settings.poll_interval,
+        on_change=answers.prefetch,
+        on_revocation=agent_auth.clear,
+    )
     app.state.board, app.state.answers = board, answers
-    app.state.agent_auth = {}  # see routes_enrolment.AGENT_AUTH_TTL
+    app.state.agent_auth = agent_auth
     app.router.add_event_handler("shutdown", board.close)
 
     @app.middleware("http")

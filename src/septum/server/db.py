@@ -40,12 +40,15 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "AUTH_CHANNEL",
+    "STATE_CHANNEL",
     "AgentCertificate",
     "ApiToken",
     "AuditEntry",
@@ -61,6 +64,7 @@ __all__ = [
     "StateFragment",
     "User",
     "Version",
+    "notify",
     "utcnow",
 ]
 
@@ -354,6 +358,19 @@ class Database:
                     select(Control).where(Control.id == 1).with_for_update()
                 ).scalar_one()
             yield s, control
+
+
+#: PostgreSQL notification channels: a new desired state (payload: the revision), and a
+#: revoked credential (replicas forget the agent identities they verified recently).
+STATE_CHANNEL = "septum_state"
+AUTH_CHANNEL = "septum_auth"
+
+
+def notify(s: Session, channel: str, payload: str = "") -> None:
+    """Tell every replica listening on ``channel`` when this transaction commits
+    (PostgreSQL; a no-op on SQLite, where one process serves)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

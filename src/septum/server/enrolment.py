@@ -60,7 +60,15 @@ from septum.server.ca import (
 # The CA's rule for names it can certify; a join token for a name it cannot is refused when
 # the token is made, not when the agent enrols an hour later.
 from septum.server.ca import _check_enforcer as check_enforcer_name
-from septum.server.db import AgentCertificate, Authority, Control, Database, JoinToken
+from septum.server.db import (
+    AUTH_CHANNEL,
+    AgentCertificate,
+    Authority,
+    Control,
+    Database,
+    JoinToken,
+    notify,
+)
 from septum.server.service import Conflict, Forbidden, NotFound, Unauthorized, require
 
 __all__ = [
@@ -337,6 +345,7 @@ def revoke_certificate(db: Database, p: Principal, serial: str, now: datetime) -
         raise NotFound(f"no agent certificate {serial!r} (serials are hexadecimal)")
     key = _serial_text(int(serial, 16))
     with db.write() as (s, control):
+        notify(s, AUTH_CHANNEL)  # replicas forget the agents they verified (at commit)
         row = s.get(AgentCertificate, key)
         if row is None:
             raise NotFound(f"no agent certificate {key}")

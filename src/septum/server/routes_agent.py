@@ -81,7 +81,15 @@ async def agent_state(
             hit = answers.cached(enforcer, revision, known)
             if hit is not None:
                 return Response(hit, media_type="application/json")
-        found = await run_in_threadpool(answers.answer, enforcer, revision)
+        if wait > 0 and not woken and (known or 0) == revision:
+            # Current as far as the board knows: wait without a query. (Were the board
+            # behind a provision that just committed, that provision's refresh of the
+            # board is still to come and wakes this wait.) Each of a thousand agents
+            # re-polls the moment it gets an answer; a query each would queue them all in
+            # the thread pool, ahead of people's requests.
+            found = None
+        else:
+            found = await run_in_threadpool(answers.answer, enforcer, revision)
         if found is not None:
             return Response(found[1], media_type="application/json")
         remaining = deadline - time.monotonic()

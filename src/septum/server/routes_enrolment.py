@@ -65,9 +65,10 @@ def _ctx(request: Request) -> AppContext:
 #: How long a verified agent identity is reused without asking the database again. An
 #: agent re-polls the moment an answer arrives, so a provision that wakes a thousand agents
 #: would otherwise queue a thousand authentication queries in the thread pool, ahead of the
-#: next answers. A revocation through this replica clears the cache at once; through
-#: another replica it takes effect here within this time.
-AGENT_AUTH_TTL = 5.0
+#: next answers. A revocation clears the cache at once: through this replica directly,
+#: through another by PostgreSQL notification (``watch``; when the notification is lost,
+#: within this time). Expiry of a certificate or token is also seen within this time.
+AGENT_AUTH_TTL = 60.0
 
 
 def _authenticated_agent(request: Request, authorization: str | None) -> Principal:

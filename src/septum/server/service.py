@@ -38,6 +38,7 @@ from septum.server.auth import (
 )
 from septum.server.builds import ActiveBuild, Builds, relabel, relabelled
 from septum.server.db import (
+    AUTH_CHANNEL,
     GENESIS_HASH,
     ApiToken,
     AuditEntry,
@@ -46,6 +47,7 @@ from septum.server.db import (
     DraftDocument,
     User,
     Version,
+    notify,
 )
 from septum.server.desired import DesiredState, EnforcerPlan, plan_desired_state
 from septum.server.documents import (
@@ -977,6 +979,7 @@ def create_token(
 def revoke_token(db: Database, p: Principal, token_id: str, now: datetime) -> dict[str, Any]:
     require(p, Permission.MANAGE_USERS)
     with db.write() as (s, control):
+        notify(s, AUTH_CHANNEL)  # replicas forget the agents they verified (at commit)
         row = s.get(ApiToken, token_id)
         if row is None:
             raise NotFound(f"no token {token_id!r}")

@@ -26,13 +26,21 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from septum.render.hostruleset import HostRuleset, compose_deltas
 from septum.render.wire import WIRE_VERSION, decode_deltas, decode_ruleset, encode_deltas
 from septum.runtime import gc_paused
-from septum.server.db import Control, Database, EnforcerChange, EnforcerState, StateFragment
+from septum.server.db import (
+    STATE_CHANNEL,
+    Control,
+    Database,
+    EnforcerChange,
+    EnforcerState,
+    StateFragment,
+    notify,
+)
 from septum.server.desired import DesiredState, assemble, skeleton_parts
 
 __all__ = [
@@ -49,7 +57,7 @@ __all__ = [
 ]
 
 #: The PostgreSQL notification channel; the payload is the new revision.
-CHANNEL = "septum_state"
+CHANNEL = STATE_CHANNEL
 #: Changes kept per enforcer: an agent further behind gets the whole table.
 KEEP_CHANGES = 16
 
@@ -170,9 +178,8 @@ def publish(
         )
     if plans:
         s.execute(delete(EnforcerChange).where(EnforcerChange.version <= version - KEEP_CHANGES))
-        if s.get_bind().dialect.name == "postgresql":
-            # Delivered at commit, to every replica listening (``septum.server.watch``).
-            s.execute(text("SELECT pg_notify(:c, :r)"), {"c": CHANNEL, "r": str(revision)})
+        # Delivered at commit, to every replica listening (``septum.server.watch``).
+        notify(s, CHANNEL, str(revision))
     return revision
 
 

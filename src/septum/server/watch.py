@@ -4,6 +4,7 @@
 
     provision (this replica) ──poke──┐
     NOTIFY septum_state (any replica) ─► listener thread ──poke──┐
+    (NOTIFY septum_auth: a credential was revoked ─► on_revocation)
     every poll_interval seconds ────────────────────────────────┤
                                                                  ▼
                         refresh: ONE query of every enforcer's revision ──► board.revisions
@@ -31,8 +32,8 @@ from collections.abc import Callable, Mapping
 
 from starlette.concurrency import run_in_threadpool
 
-from septum.server.db import Database
-from septum.server.states import CHANNEL, current_revisions
+from septum.server.db import AUTH_CHANNEL, STATE_CHANNEL, Database
+from septum.server.states import current_revisions
 
 __all__ = ["StateBoard"]
 
@@ -45,12 +46,15 @@ class StateBoard:
         db: Database,
         poll_interval: float = 2.0,
         on_change: Callable[[Mapping[str, int], Mapping[str, int]], object] | None = None,
+        on_revocation: Callable[[], object] | None = None,
     ) -> None:
         self.db = db
         self.poll_interval = poll_interval
         #: Called (in a worker thread, before waiters wake) with the revisions before and
         #: after a refresh that saw a change: ``StateAnswers.prefetch``.
         self.on_change = on_change
+        #: Called (in the LISTEN thread) when another replica revoked a credential.
+        self.on_revocation = on_revocation
         self.revisions: dict[str, int] = {}
         self.refreshes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,6 +144,10 @@ class StateBoard:
 
     # ------------------------------------------------------------------ PostgreSQL
 
+    def _revoked(self) -> None:
+        if self.on_revocation is not None:
+            self.on_revocation()
+
     def _listen(self) -> None:
         import psycopg
 
@@ -149,11 +157,16 @@ class StateBoard:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {STATE_CHANNEL}")
+                    conn.execute(f"LISTEN {AUTH_CHANNEL}")
                     self.poke()  # whatever happened while not listening
+                    self._revoked()
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            self.poke()
+                        for n in conn.notifies(timeout=1.0):
+                            if n.channel == AUTH_CHANNEL:
+                                self._revoked()
+                            else:
+                                self.poke()
             except psycopg.Error:
-                log.warning("LISTEN %s failed; retrying", CHANNEL, exc_info=True)
+                log.warning("LISTEN failed; retrying", exc_info=True)
                 self._stop.wait(1.0)
