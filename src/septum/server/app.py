@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from septum.errors import SeptumError
 from septum.runtime import gc_paused
@@ -157,6 +158,50 @@ Caller = Annotated[Principal, Depends(caller)]
 # ------------------------------------------------------------------ the app
 
 
+class _Observe:
+    """Metrics and the access log of every HTTP request. Pure ASGI rather than Starlette's
+    ``BaseHTTPMiddleware``, which costs a task group and a stream per request: a thousand
+    agents re-polling at once pay it a thousand times."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # when the app fails before it answers
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            took = time.perf_counter() - began
+            self.requests.labels(scope["method"], name, str(status)).inc()
+            self.latency.labels(name).observe(took)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "route": name,
+                        "status": status,
+                        "seconds": round(took, 6),
+                        "principal": (scope.get("state") or {}).get("principal"),
+                    },
+                )
+
+
+
 def create_app(ctx: AppContext) -> FastAPI:
     """The API over one database. Several apps (replicas) may share one PostgreSQL."""
     app = FastAPI(
@@ -189,26 +234,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.agent_auth = agent_auth
     app.router.add_event_handler("shutdown", board.close)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Any:
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        took = time.perf_counter() - began
-        requests.labels(request.method, name, str(response.status_code)).inc()
-        latency.labels(name).observe(took)
-        access_log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "route": name,
-                "status": response.status_code,
-                "seconds": round(took, 6),
-                "principal": getattr(request.state, "principal", None),
-            },
-        )
-        return response
+    app.add_middleware(_Observe, requests=requests, latency=latency)
 
     def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": message, **extra}, status_code=status)
