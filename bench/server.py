@@ -180,9 +180,6 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     if args.database_url:
         cmd += ["--database-url", args.database_url]
     server = subprocess.Popen([*cmd, "--log-level", "warning"], stderr=log, env=os.environ.copy())
-    limits = httpx.Limits(
-        max_connections=len(agents) + 50, max_keepalive_connections=len(agents) + 50
-    )
     admin_headers = {"Authorization": f"Bearer {admin['token']}"}
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -298,14 +295,17 @@ def main() -> None:
     ok = lambda good: "ok" if good else "MISSED"  # noqa: E731
     print(f"estate: {args.workloads} workloads on {out['enforcers']} enforcers (seed {args.seed})")
     print(
-        f"setup: {len(out) and out['setup_users_s']:.1f} s for agent users and tokens; draft upload {out['push_s']:.2f} s"
+        f"setup: {out['setup_users_s']:.1f} s for agent users and tokens; "
+        f"draft upload {out['push_s']:.2f} s"
     )
     print(
         f"provision of the whole estate: {out['provision_initial_s']:.2f} s "
-        f"(target <= {TARGET_PROVISION_S:.0f} s: {ok(out['provision_initial_s'] <= TARGET_PROVISION_S)})"
+        f"(target <= {TARGET_PROVISION_S:.0f} s: "
+        f"{ok(out['provision_initial_s'] <= TARGET_PROVISION_S)})"
     )
     print(
-        f"initial sync of {out['enforcers']} agents: {out['initial_sync_s']:.2f} s, {out['initial_sync_mb']:.0f} MB of full tables"
+        f"initial sync of {out['enforcers']} agents: {out['initial_sync_s']:.2f} s, "
+        f"{out['initial_sync_mb']:.0f} MB of full tables"
     )
     print(
         f"{out['changes']} label changes: {out['affected_mean']:.0f} affected agents on average "
@@ -317,7 +317,8 @@ def main() -> None:
         p99 = out["end_to_end_p99_s"]
         print(
             f"label change -> affected agent holds its delta ({out['pairs']} pairs): "
-            f"p50 {out['end_to_end_p50_s']:.3f} s, p99 {p99:.3f} s, max {out['end_to_end_max_s']:.3f} s "
+            f"p50 {out['end_to_end_p50_s']:.3f} s, p99 {p99:.3f} s, "
+            f"max {out['end_to_end_max_s']:.3f} s "
             f"(target p99 <= {TARGET_P99_S:.0f} s: {ok(p99 <= TARGET_P99_S)})"
         )
         print(
