@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from septum.errors import Problem, SeptumError, ValidationError
 from septum.model.documents import Position, SourceDocument
 from septum.model.parse import UnresolvedReferences, parse_documents
@@ -36,6 +38,7 @@ __all__ = [
     "diff_documents",
     "documents_digest",
     "encode_documents",
+    "encoded_documents",
     "parse_workload",
 ]
 
@@ -258,13 +261,19 @@ def documents_digest(docs: Iterable[StoredDocument]) -> str:
 
 
 def encode_documents(docs: Iterable[StoredDocument]) -> bytes:
-    return zlib.compress(canonical_json(docs), 6)
+    return encoded_documents(docs)[1]
+
+
+def encoded_documents(docs: Iterable[StoredDocument]) -> tuple[str, bytes]:
+    """(``documents_digest``, ``encode_documents``) from one serialization."""
+    body = canonical_json(docs)
+    return hashlib.sha256(body).hexdigest(), zlib.compress(body, 6)
 
 
 def decode_documents(blob: bytes) -> list[StoredDocument]:
     return [
         StoredDocument(e["kind"], e["name"], e["path"], e["position"], e["body"])
-        for e in json.loads(zlib.decompress(blob))
+        for e in orjson.loads(zlib.decompress(blob))
     ]
 
 

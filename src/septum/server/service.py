@@ -61,7 +61,7 @@ from septum.server.documents import (
     default_path,
     diff_documents,
     documents_digest,
-    encode_documents,
+    encoded_documents,
     envelope,
     parse_workload,
 )
@@ -186,7 +186,17 @@ def _stored(row: DraftDocument) -> StoredDocument:
 
 
 def draft_documents(s: Session) -> list[StoredDocument]:
-    return [_stored(r) for r in _draft_rows(s)]
+    # Columns, not ORM objects: a provision reads the whole draft, thousands of rows.
+    rows = s.execute(
+        select(
+            DraftDocument.kind,
+            DraftDocument.name,
+            DraftDocument.path,
+            DraftDocument.position,
+            DraftDocument.body,
+        )
+    )
+    return [StoredDocument(k, n, path, pos, body) for k, n, path, pos, body in rows]
 
 
 def _version_row(s: Session, number: int) -> Version:
@@ -705,6 +715,7 @@ def _new_version(
 ) -> int:
     last = s.execute(select(func.max(Version.number))).scalar()
     number = (last or 0) + 1
+    digest, blob = encoded_documents(docs)  # one serialization for both
     s.add(
         Version(
             number=number,
@@ -713,8 +724,8 @@ def _new_version(
             note=note,
             origin=origin,
             rollback_of=rollback_of,
-            digest=documents_digest(docs),
-            documents=encode_documents(docs),
+            digest=digest,
+            documents=blob,
             summary=summary,
         )
     )
