@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -147,3 +148,83 @@ def test_server_logs_json_and_audit_verify_offline(
     db.close()
     bad = _septum("audit", "verify", "--data", str(tmp / "data"), check=1)
     assert "entry 1" in bad.stderr
+
+
+def test_server_run_tls_serves_mutual_tls_with_the_databases_ca(tmp_path: Path) -> None:
+    """``septum server run --tls``: HTTPS with a server certificate from the control plane's
+    CA (its fingerprint printed at start and published at /agent/v1/ca); an enrolled agent's
+    client certificate is accepted, and one from another CA fails the handshake."""
+    import hashlib
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from septum.server.ca import CertificateAuthority, make_agent_key_and_csr
+    from septum.server.tls import agent_ssl_context, enrolment_ssl_context
+
+    port = _free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                *SEPTUM, "server", "run", "--data", str(tmp_path / "data"),
+                "--port", str(port), "--tls", "--bootstrap-admin", "root",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            token = json.loads(proc.stdout.readline())["token"]
+            url = f"https://127.0.0.1:{port}"
+            unverified = ssl.create_default_context()
+            unverified.check_hostname = False
+            unverified.verify_mode = ssl.CERT_NONE
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    ca = httpx.get(f"{url}/agent/v1/ca", verify=unverified).json()
+                    break
+                except httpx.HTTPError:
+                    assert proc.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, "the server did not start"
+                    time.sleep(0.1)
+            pem = ca["certificate"].encode()
+            der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+            assert ca["fingerprint"] == "sha256:" + hashlib.sha256(der).hexdigest()
+            assert ca["fingerprint"] in log.read_text()  # printed at start
+            verified = enrolment_ssl_context(pem)
+            assert httpx.get(f"{url}/healthz", verify=verified).status_code == 200
+            # Enrol an agent, then call an agent route with its client certificate.
+            join = httpx.post(
+                f"{url}/api/v1/enforcers/host-tls-1/join-tokens",
+                json={},
+                headers={"Authorization": f"Bearer {token}"},
+                verify=verified,
+            ).json()
+            key, csr = make_agent_key_and_csr("host-tls-1")
+            enrolled = httpx.post(
+                f"{url}/agent/v1/enrol",
+                json={"token": join["token"], "csr": csr.decode()},
+                verify=verified,
+            )
+            assert enrolled.status_code == 201, enrolled.text
+            cert = enrolled.json()["certificate"].encode()
+            whoami = httpx.get(f"{url}/agent/v1/whoami", verify=agent_ssl_context(pem, cert, key))
+            assert whoami.json()["enforcer"] == "host-tls-1"
+            assert whoami.json()["via"] == "certificate"
+            # A certificate from another CA never completes the handshake.
+            now = datetime.now(UTC)
+            other = CertificateAuthority.create("another CA", now=now)
+            k2, csr2 = make_agent_key_and_csr("host-tls-1")
+            forged = other.sign_agent_csr(csr2, "host-tls-1", now=now)
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(
+                    f"{url}/agent/v1/whoami",
+                    verify=agent_ssl_context(pem, forged.cert_pem, k2),
+                )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
