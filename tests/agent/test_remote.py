@@ -531,6 +531,44 @@ def test_the_runner_takes_the_full_state_then_a_label_change_as_a_delta(
         )
 
 
+def test_after_a_change_the_connections_the_policy_denies_are_cut(
+    cp: ControlPlaneServer, tmp_path: Path
+) -> None:
+    """An agent that follows the control plane asks it which tracked connections the new
+    policy denies (it holds rulesets, not the repository) and cuts those only."""
+    from ipaddress import ip_address
+
+    from septum.agent.conntrack import ConntrackEntry
+    from septum.testing.fakes import FakeConntrackTable
+
+    def entry(src: str, dst: str, port: int) -> ConntrackEntry:
+        return ConntrackEntry(
+            4, "tcp", ip_address(src), ip_address(dst), 40000, port, "ESTABLISHED"
+        )
+
+    denied = entry("198.18.10.11", "198.18.10.31", 5432)  # shop web → shop db: denied
+    allowed = entry("198.18.10.11", "198.18.10.21", 8080)  # shop web → shop api: allowed
+    elsewhere = entry("198.18.11.21", "198.18.11.31", 5432)  # not this host's: not asked
+    table = FakeConntrackTable([denied, allowed, elsewhere])
+    nft = FakeNft()
+    said: list[str] = []
+    with ControlPlaneClient(cp.url, _enrolled(cp, tmp_path)) as client:
+        agent = Agent(
+            AgentSettings(ENFORCER, tmp_path / "state"),
+            ControlPlaneSource(),
+            nft,
+            conntrack=table,
+            report=said.append,
+        )
+        agent.start()
+        runner = RemoteRunner(agent, client, RemoteSettings(wait=3.0), report=said.append)
+        runner.step()
+        assert runner.applied_revision > 0
+    assert table.deleted == [denied]
+    assert runner.counters["connections_cut"] == 1
+    assert {e.key for e in table.entries()} == {allowed.key, elsewhere.key}
+
+
 def test_a_revoked_certificate_or_a_server_down_leave_the_table_alone(
     tmp_path: Path,
 ) -> None:

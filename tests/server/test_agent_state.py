@@ -197,3 +197,33 @@ def test_people_cannot_use_agent_routes(h: Harness) -> None:
         r = h.client.get("/agent/v1/state", params={"wait": 0}, headers=h.headers(role))
         assert r.status_code == 403, (role, r.text)
     assert h.client.get("/agent/v1/state").status_code == 401
+
+
+def test_an_agent_learns_which_of_its_connections_the_policy_denies(h: Harness) -> None:
+    """``POST /agent/v1/verdicts``: what an agent following the control plane asks after a
+    change, to cut revoked connections; only its own workloads' connections are answered."""
+    flows = [
+        # shop-web-prod-1 (this agent's workload) → shop-db-prod-1: the shop tier denies it.
+        {"source": "198.18.10.11", "destination": "198.18.10.31", "protocol": "tcp", "port": 5432},
+        # shop-web-prod-1 → shop-api-prod-1 on the api port: allowed.
+        {"source": "198.18.10.11", "destination": "198.18.10.21", "protocol": "tcp", "port": 8080},
+        # billing-api-prod-1 → billing-db-prod-1: not this agent's business.
+        {"source": "198.18.11.21", "destination": "198.18.11.31", "protocol": "tcp", "port": 5432},
+    ]
+    r = h.client.post("/agent/v1/verdicts", json={"flows": flows}, headers=h.headers("agent"))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"version": 1, "denied": [0], "skipped": [2]}
+    # People do not use agent routes; garbage is a 422, never a 5xx.
+    assert (
+        h.client.post(
+            "/agent/v1/verdicts", json={"flows": flows}, headers=h.headers("security")
+        ).status_code
+        == 403
+    )
+    bad = [{"source": "not an address", "destination": "198.18.10.21", "protocol": "tcp"}]
+    assert (
+        h.client.post(
+            "/agent/v1/verdicts", json={"flows": bad}, headers=h.headers("agent")
+        ).status_code
+        == 422
+    )

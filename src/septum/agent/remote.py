@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -57,7 +58,7 @@ import httpx
 from septum.agent.agent import Agent, AgentSettings, SyncOutcome, SyncResult
 from septum.agent.backend import NftBackend, default_backend
 from septum.agent.capture import CaptureError, FlowRecord, FlowRecorder
-from septum.agent.conntrack import ConntrackTable
+from septum.agent.conntrack import ConntrackEntry, ConntrackTable
 from septum.agent.source import SourceUnavailable
 from septum.errors import SeptumError
 from septum.model.resources import Repository
@@ -107,6 +108,8 @@ _API = "/agent/v1"
 #: The longest long-poll asked for: the server refuses more than 55 s (proxies commonly cut
 #: idle requests at 60).
 MAX_WAIT = 55.0
+#: Connections per verdicts request (the server takes up to 20,000).
+VERDICT_BATCH = 5_000
 
 
 class EnrolmentError(SeptumError):
@@ -472,6 +475,12 @@ class ControlPlane(Protocol):
 
     def post_flows(self, records: Sequence[Mapping[str, object]]) -> int: ...
 
+    def denied(self, connections: Sequence[ConnectionKey]) -> set[int]: ...
+
+
+#: (source, destination, protocol, destination port) of a tracked connection.
+ConnectionKey = tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address, str, int]
+
 
 class ControlPlaneClient:
     """The agent API over mutual TLS. Thread-safe: each thread gets its own connection pool
@@ -558,6 +567,20 @@ class ControlPlaneClient:
     def report_status(self, status: StatusReport) -> None:
         self._call("POST", "/status", json=status.to_json())
 
+    def denied(self, connections: Sequence[ConnectionKey]) -> set[int]:
+        """Which of ``connections`` the active policy denies (indices), asked in batches;
+        the server answers only for connections of this agent's own workloads."""
+        out: set[int] = set()
+        for start in range(0, len(connections), VERDICT_BATCH):
+            chunk = connections[start : start + VERDICT_BATCH]
+            flows = [
+                {"source": str(s), "destination": str(d), "protocol": p, "port": port}
+                for s, d, p, port in chunk
+            ]
+            body = self._call("POST", "/verdicts", json={"flows": flows}).json()
+            out.update(start + int(i) for i in body.get("denied", ()))
+        return out
+
     def post_flows(self, records: Sequence[Mapping[str, object]]) -> int:
         """Send flow records as ``flows.jsonl`` holds them; returns how many the server
         accepted."""
@@ -570,6 +593,9 @@ class ControlPlaneClient:
 
 
 # ----------------------------------------------------------------------------- runner
+
+#: Protocols the control plane evaluates (``septum.model.resources.Protocol``).
+_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "icmp", "icmpv6"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,6 +667,7 @@ class RemoteRunner:
             "elements_changed": 0,
             "fallbacks_to_full": 0,
             "control_plane_errors": 0,
+            "connections_cut": 0,
         }
         self._backoff = self.settings.backoff_initial
         self._unsent: StatusReport | None = None
@@ -726,6 +753,8 @@ class RemoteRunner:
                 f"{result.elements_changed} elements) in "
                 f"{(time.perf_counter() - began) * 1000:.1f} ms"
             )
+            if result.outcome is not SyncOutcome.UNCHANGED:
+                self._cut_revoked()
         else:
             # Wait for the desired state to change rather than re-apply what nft refused;
             # the kernel still holds the previous table (all or nothing).
@@ -737,6 +766,43 @@ class RemoteRunner:
         agent.write_status()
         self._unsent = self._status(result.outcome.value, result.error)
         self._send_unsent()
+
+    def _cut_revoked(self) -> None:
+        """Delete the tracked connections the new policy denies, as ``Agent.cut_revoked``
+        does for an agent that holds its repository: established connections would live
+        on through the ``ct state established`` fast path. The control plane decides (this
+        agent holds rulesets, not the policy that explains them); when it cannot be asked,
+        the connections stay and the next change asks again."""
+        agent = self.agent
+        if agent.conntrack is None or not agent.settings.cut_revoked:
+            return
+        try:
+            entries = agent.conntrack.entries()
+        except (SeptumError, OSError) as exc:  # no conntrack tool or module: say so, go on
+            self.report(f"revoked connections not cut: {exc}")
+            return
+        keys: dict[ConnectionKey, list[ConntrackEntry]] = {}
+        for e in entries:
+            port = e.destination_port if e.protocol in ("tcp", "udp", "sctp") else 0
+            if e.protocol in _PROTOCOLS:
+                keys.setdefault((e.source, e.destination, e.protocol, port), []).append(e)
+        if not keys:
+            return
+        ordered = list(keys)
+        try:
+            denied = self.control_plane.denied(ordered)
+        except (ControlPlaneUnavailable, ControlPlaneRefused) as exc:
+            self.report(f"revoked connections not cut: {exc}")
+            return
+        doomed = [e for i in sorted(denied) if 0 <= i < len(ordered) for e in keys[ordered[i]]]
+        if doomed:
+            try:
+                cut = agent.conntrack.delete(doomed)
+            except (SeptumError, OSError) as exc:
+                self.report(f"revoked connections not cut: {exc}")
+                return
+            self.counters["connections_cut"] += cut
+            agent.report(f"{cut} connections the new policy denies were cut")
 
     def _status(self, outcome: str, error: str | None) -> StatusReport:
         return StatusReport(

@@ -152,9 +152,9 @@ def _run_server(
         client = ControlPlaneClient(server, identity)
     except SeptumError as exc:
         raise _usage_error(str(exc)) from None
-    if flows is not None:
-        from septum.agent.conntrack import enable_accounting
+    from septum.agent.conntrack import ConntrackCli, enable_accounting
 
+    if flows is not None:
         enable_accounting()
     stop = stop_on_signals()
     try:
@@ -165,6 +165,9 @@ def _run_server(
             remote=RemoteSettings(wait=wait),
             flows=flows,
             flow_interval=flow_interval,
+            # Connections the new policy denies are cut after each change, as the control
+            # plane answers (``RemoteRunner._cut_revoked``).
+            conntrack=ConntrackCli(),
             report=report,
         )
     finally:

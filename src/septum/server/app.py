@@ -201,7 +201,6 @@ class _Observe:
                 )
 
 
-
 def create_app(ctx: AppContext) -> FastAPI:
     """The API over one database. Several apps (replicas) may share one PostgreSQL."""
     app = FastAPI(
@@ -230,7 +229,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         on_change=answers.prefetch,
         on_revocation=agent_auth.clear,
     )
-    app.state.board, app.state.answers = board, answers
+    app.state.board, app.state.answers, app.state.builds = board, answers, builds
     app.state.agent_auth = agent_auth
     app.router.add_event_handler("shutdown", board.close)
 
@@ -408,6 +407,8 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     # Imported here: routes_enrolment imports this module (Caller, AppContext).
     from septum.server import routes_agent, routes_enrolment
+
+    app.state.active_policy = routes_agent.ActivePolicy()
 
     app.include_router(routes_enrolment.router)
     app.include_router(routes_agent.router)

@@ -10,18 +10,24 @@ not a thread.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from septum.engine.explain import Evaluator, Flow, Verdict
+from septum.model.resources import Protocol, Repository
+from septum.server import service
 from septum.server.app import AppContext, Caller
 from septum.server.auth import Permission, Principal
-from septum.server.db import AgentCertificate, Database, EnforcerState, EnforcerStatus
+from septum.server.builds import Builds
+from septum.server.db import AgentCertificate, Control, Database, EnforcerState, EnforcerStatus
+from septum.server.documents import build_repository
 from septum.server.routes_enrolment import AgentCaller
 from septum.server.routes_flows import FlowBatch, post_agent_flows
 from septum.server.service import Forbidden
@@ -34,6 +40,8 @@ router = APIRouter()
 
 #: The longest a long-poll may wait (seconds); proxies commonly cut idle requests at 60.
 MAX_WAIT = 55.0
+#: Connections one verdicts request may ask about.
+MAX_VERDICTS = 20_000
 
 
 class StatusReport(BaseModel):
@@ -120,6 +128,81 @@ def _record_status(db: Database, enforcer: str, report: StatusReport, now: datet
         row.applied_revision, row.outcome = report.revision, report.outcome
         row.error, row.counters = report.error, dict(report.counters)
         row.reported_at = now
+
+
+class FlowQuestion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: IPvAnyAddress
+    destination: IPvAnyAddress
+    protocol: Protocol
+    port: int = Field(default=0, ge=0, le=65535, description="0 for protocols without ports")
+
+
+class VerdictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    flows: list[FlowQuestion] = Field(max_length=MAX_VERDICTS)
+
+
+class ActivePolicy:
+    """The active version's repository and evaluator, made once per version in this
+    process (shared by every agent asking about its connections)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cached: tuple[int, Repository, Evaluator] | None = None
+
+    def get(self, db: Database, builds: Builds) -> tuple[int, Repository, Evaluator] | None:
+        with db.read() as s:
+            control = s.get(Control, 1)
+            version = control.active_version if control is not None else None
+            if version is None:
+                return None
+            with self._lock:
+                if self._cached is not None and self._cached[0] == version:
+                    return self._cached
+            repo = builds.repository(version)
+            if repo is None:
+                repo = build_repository(service.active_documents(s, control))
+        made = (version, repo, Evaluator(repo))
+        with self._lock:
+            self._cached = made
+        return made
+
+
+@router.post("/agent/v1/verdicts", tags=["agent"])
+def agent_verdicts(body: VerdictRequest, request: Request, p: AgentCaller) -> dict[str, Any]:
+    """Which of the caller's connections the active version denies, so that the agent can
+    cut them (conntrack) after applying a change: an agent that follows the control plane
+    holds rulesets, not the repository that would answer this. Only connections with an
+    end at an address of the caller's own workloads are answered (the others are listed
+    in ``skipped``): an agent learns nothing of the policy between other hosts."""
+    ctx = _ctx(request)
+    enforcer = _enforcer(p)
+    now = ctx.clock()
+    active = request.app.state.active_policy.get(ctx.db, request.app.state.builds)
+    if active is None:
+        return {"version": None, "denied": [], "skipped": list(range(len(body.flows)))}
+    version, repo, evaluator = active
+    mine = {
+        b.address
+        for w in repo.workloads
+        if w.enforcer == enforcer
+        for b in w.addresses
+        if b.valid_at(now)
+    }
+    denied: list[int] = []
+    skipped: list[int] = []
+    for i, q in enumerate(body.flows):
+        if q.source not in mine and q.destination not in mine:
+            skipped.append(i)
+            continue
+        port = q.port if q.protocol.has_ports else 0
+        flow = Flow(q.source, q.destination, q.protocol, port, now)
+        if evaluator.verdict(flow) is Verdict.DENY:
+            denied.append(i)
+    return {"version": version, "denied": denied, "skipped": skipped}
 
 
 @router.post("/agent/v1/flows", tags=["agent"])
