@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +227,82 @@ def test_an_agent_learns_which_of_its_connections_the_policy_denies(h: Harness) 
         ).status_code
         == 422
     )
+
+
+def test_the_clock_moves_the_desired_state_without_a_provision(h: Harness) -> None:
+    """A rule that expires or an address whose validity ends changes what agents must
+    enforce with no new version: the server plans the active version again at that
+    instant (agents compute nothing) and the enforcers that change get a new revision."""
+    from septum.server.db import Control
+
+    with h.db.read() as s:
+        control = s.get(Control, 1)
+        assert control is not None
+        due = control.next_change_at
+    assert due is not None
+    assert due > _at(h)
+    assert service.replan(h.db, due - timedelta(seconds=1)) is None  # not yet
+    out = service.replan(h.db, due)
+    assert out is not None
+    assert out["version"] == 1
+    assert out["updated"] >= 1
+    assert service.replan(h.db, due) is None  # done once
+    for enforcer in (*out["full"], *out["delta"]):
+        headers = h.headers("agent") if enforcer == AGENT_ENFORCER else _agent(h, enforcer)
+        msg = _state(h, headers, 0)
+        assert msg["revision"] == out["revision"]
+        with h.db.read() as s:
+            repo = build_repository(service.active_documents(s))
+        reference = build_host_ruleset(resolve_policy(repo, due), enforcer)
+        assert _same(decode_ruleset(msg["ruleset"]), reference)
+    last = h.ok("auditor", "GET", "/api/v1/audit")
+    entries = last["entries"] if isinstance(last, dict) else last
+    assert any(e["action"] == "state.replan" for e in entries)
+
+
+def test_the_server_replans_when_its_clock_passes_a_boundary(tmp_path: Path) -> None:
+    """The same, driven by the server's own poll loop as the clock passes the instant."""
+    from fastapi.testclient import TestClient
+
+    from septum.server.app import AppContext, create_app
+    from septum.server.db import Control, Database
+    from septum.server.settings import ServerSettings
+    from tests.conftest import EXAMPLES_AT
+    from tests.server.harness import examples_entries
+
+    now = [EXAMPLES_AT]
+    settings = ServerSettings(data_dir=tmp_path, poll_interval=0.1)
+    db = Database(settings.url)
+    db.migrate()
+    admin = service.bootstrap_admin(db, "root", EXAMPLES_AT)
+    assert admin is not None
+    root = service.principal_of_name(db, "root")
+    service.replace_draft(db, root, examples_entries(), EXAMPLES_AT)
+    service.provision(db, root, "v1", EXAMPLES_AT, service.ReplaySource(None))
+    with db.read() as s:
+        control = s.get(Control, 1)
+        assert control is not None
+        due = control.next_change_at
+        revision = control.revision
+    assert due is not None
+    service.create_user(db, root, "a", "agent", EXAMPLES_AT, enforcer=AGENT_ENFORCER)
+    token = service.create_token(db, root, "a", EXAMPLES_AT)["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with TestClient(create_app(AppContext(settings, db, clock=lambda: now[0]))) as client:
+            first = client.get("/agent/v1/state", params={"wait": 0}, headers=headers).json()
+            now[0] = due  # the clock reaches the boundary
+            with db.read() as s:
+                replanned = False
+                for _ in range(100):
+                    time.sleep(0.1)
+                    s.expire_all()
+                    control = s.get(Control, 1)
+                    assert control is not None
+                    if control.revision > revision:
+                        replanned = True
+                        break
+            assert replanned, "the poll loop did not plan again"
+            assert first["revision"] <= revision
+    finally:
+        db.dispose()

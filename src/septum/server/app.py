@@ -223,11 +223,19 @@ def create_app(ctx: AppContext) -> FastAPI:
     # Agents' identities verified recently (routes_enrolment.AGENT_AUTH_TTL), forgotten
     # when a credential is revoked here or, by notification, through another replica.
     agent_auth: dict[object, object] = {}
+    def tick() -> None:
+        # The clock moves the policy too: expiring rules, address validity windows.
+        now = ctx.clock()
+        if service.replan_due(ctx.db, now):
+            with gc_paused():
+                service.replan(ctx.db, now)
+
     board = StateBoard(
         ctx.db,
         ctx.settings.poll_interval,
         on_change=answers.prefetch,
         on_revocation=agent_auth.clear,
+        on_tick=tick,
     )
     app.state.board, app.state.answers, app.state.builds = board, answers, builds
     app.state.agent_auth = agent_auth

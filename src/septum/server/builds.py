@@ -41,7 +41,7 @@ from septum.render.wire import encode_deltas
 from septum.runtime import gc_paused
 from septum.server.desired import DesiredState, EnforcerPlan, SkeletonMaker, layout
 
-__all__ = ["ActiveBuild", "Builds", "relabel"]
+__all__ = ["ActiveBuild", "Builds", "next_change", "relabel", "time_boundaries"]
 
 log = logging.getLogger("septum.server.builds")
 
@@ -62,6 +62,11 @@ def time_boundaries(repo: Repository) -> frozenset[datetime]:
             if rule.expires is not None:
                 out.add(rule.expires)
     return frozenset(out)
+
+
+def next_change(repo: Repository, after: datetime) -> datetime | None:
+    """The first instant after ``after`` at which the repository's meaning changes."""
+    return min((b for b in time_boundaries(repo) if b > after), default=None)
 
 
 @dataclass

@@ -111,6 +111,9 @@ class Control(Base):
     #: Bumped by every write of the draft: provision checks it has not moved since it read
     #: the draft (cheaper than reading and hashing the whole draft again under the lock).
     draft_revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: The next instant the active version's meaning changes by itself (a rule expires, an
+    #: address starts or stops being held): enforcer states are planned again then.
+    next_change_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class DraftDocument(Base):

@@ -36,7 +36,7 @@ from septum.server.auth import (
     split_token,
     token_usable,
 )
-from septum.server.builds import ActiveBuild, Builds, relabel, relabelled
+from septum.server.builds import ActiveBuild, Builds, next_change, relabel, relabelled
 from septum.server.db import (
     AUTH_CHANNEL,
     GENESIS_HASH,
@@ -654,6 +654,7 @@ def provision(
         enforcers["revision"] = control.revision + 1  # what ``_new_version`` makes it
         number = _new_version(s, control, draft, p.name, note, "provision", None, summary, now)
         publish(s, control, desired, number, now)
+        control.next_change_at = next_change(draft_repo, now)
         audit.append(
             s,
             control,
@@ -763,6 +764,7 @@ def rollback(
         summary["enforcers"] = enforcers
         new = _new_version(s, control, target, p.name, note, "rollback", number, summary, now)
         publish(s, control, desired, new, now)
+        control.next_change_at = next_change(target_repo, now)
         _set_draft(s, target, now, p.name)
         audit.append(
             s,
@@ -777,6 +779,45 @@ def rollback(
     if builds is not None:
         builds.prime(new, target_repo, now, desired.skeletons, desired.layouts)
     return {"version": new, **summary}
+
+
+def replan_due(db: Database, now: datetime) -> bool:
+    """Whether the active version's meaning changed by itself since it was planned."""
+    with db.read() as s:
+        control = s.get(Control, 1)
+        return bool(control and control.next_change_at and control.next_change_at <= now)
+
+
+def replan(db: Database, now: datetime) -> dict[str, Any] | None:
+    """Plan the active version's enforcer states again at ``now`` once a rule expired or an
+    address's validity began or ended since they were planned (agents compute nothing, so
+    the server must notice the clock for them): the enforcers that change get a new
+    revision, the version stays. Recorded in the audit log as the server's own write.
+    None when nothing was due (another replica did it, or nothing changed)."""
+    with db.write() as (s, control):
+        due = control.next_change_at
+        if due is None or due > now or control.active_version is None:
+            return None
+        version = control.active_version
+        repo = build_repository(active_documents(s, control))
+        desired = plan_desired_state(repo, now, stored_skeletons(s), parts_loader(db))
+        control.next_change_at = next_change(repo, now)
+        if not desired.plans:
+            return None
+        control.revision += 1
+        revision = publish(s, control, desired, version, now)
+        summary = {"version": version, "revision": revision, **_plan_summary(desired.plans)}
+        audit.append(
+            s,
+            control,
+            at=now,
+            actor="septum-server",
+            action="state.replan",
+            target=f"version/{version}",
+            before={"due": due.isoformat()},
+            after=summary,
+        )
+    return summary
 
 
 def _version_json(v: Version) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class StateBoard:
         poll_interval: float = 2.0,
         on_change: Callable[[Mapping[str, int], Mapping[str, int]], object] | None = None,
         on_revocation: Callable[[], object] | None = None,
+        on_tick: Callable[[], object] | None = None,
     ) -> None:
         self.db = db
         self.poll_interval = poll_interval
@@ -55,6 +56,9 @@ class StateBoard:
         self.on_change = on_change
         #: Called (in the LISTEN thread) when another replica revoked a credential.
         self.on_revocation = on_revocation
+        #: Called (in a worker thread) before each periodic refresh: ``service.replan``
+        #: when a rule expired or an address window opened or closed.
+        self.on_tick = on_tick
         self.revisions: dict[str, int] = {}
         self.refreshes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,6 +131,8 @@ class StateBoard:
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
+                if self.on_tick is not None:
+                    await run_in_threadpool(self.on_tick)
                 await self.refresh()
             except Exception:  # the database is down: keep serving, try again later
                 log.warning("refreshing enforcer revisions failed", exc_info=True)

@@ -24,6 +24,7 @@ def upgrade() -> None:
         "control",
         sa.Column("draft_revision", sa.BigInteger, nullable=False, server_default="0"),
     )
+    op.add_column("control", sa.Column("next_change_at", UTCDateTime(), nullable=True))
     op.create_table(
         "authority",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -104,3 +105,4 @@ def downgrade() -> None:
     ):
         op.drop_table(table)
     op.drop_column("control", "draft_revision")
+    op.drop_column("control", "next_change_at")
