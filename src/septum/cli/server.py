@@ -158,6 +158,9 @@ def server_run(
             port=port,
             log_config=json_log_config(log_level),
             access_log=False,
+            # Agents' long-polls wait up to a minute; on shutdown they are cut after this
+            # (agents retry with backoff) instead of holding the process that long.
+            timeout_graceful_shutdown=3,
             **tls_options,
         )
         uvicorn.Server(config).run()

@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from septum.errors import SeptumError
@@ -242,6 +243,10 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.router.add_event_handler("shutdown", board.close)
 
     app.add_middleware(_Observe, requests=requests, latency=latency)
+    # Whole rulesets and repository exports are hundreds of kB of JSON that compresses
+    # tenfold; only large answers, and at the fastest level (a thousand agents' first
+    # states are compressed one by one). Clients that do not ask for gzip get plain JSON.
+    app.add_middleware(GZipMiddleware, minimum_size=64 * 1024, compresslevel=1)
 
     def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": message, **extra}, status_code=status)
