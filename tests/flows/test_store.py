@@ -233,6 +233,31 @@ def test_partitions_by_day_and_retention(tmp_path: Path) -> None:
     assert sorted(store.partitions()) == ["day=2026-11-24"]
 
 
+def test_a_partition_on_the_last_day_a_datetime_holds_expires_like_any_other(
+    tmp_path: Path,
+) -> None:
+    """A record dated 9999-12-31 (an importer's clock gone wrong) makes a partition whose
+    end is past the largest datetime: retention and compaction keep working."""
+    store = FlowStore(tmp_path / "data")
+    store.configure(StoreSettings(retention_days=2))
+    last = datetime(9999, 12, 31, 12, tzinfo=UTC)
+    source = tmp_path / "in.txt"
+    source.write_text("x")
+    report = store.import_file(
+        source,
+        ListImporter(
+            [row(DAY + timedelta(hours=2), "198.18.0.20", REUSED), row(last, "198.18.0.20", REUSED)]
+        ),
+        ImportOptions(now=NOW),
+        three_holders(),  # type: ignore[arg-type]
+    )
+    assert report.ok
+    assert "day=9999-12-31" in store.partitions()
+    result = store.compact(NOW + timedelta(days=5))  # the 24th expires; the last day stays
+    assert result.expired_partitions == 1
+    assert sorted(store.partitions()) == ["day=9999-12-31"]
+
+
 def test_compaction_merges_files_and_keeps_every_row(tmp_path: Path) -> None:
     store = FlowStore(tmp_path / "data")
     store.configure(StoreSettings(retention_days=None, compact_min_files=2))

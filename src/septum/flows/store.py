@@ -817,10 +817,14 @@ def _time_filter(since: datetime | None, until: datetime | None) -> tuple[str, l
 
 
 def _partition_end(partition: str) -> datetime:
-    """``day=2026-11-25`` → 2026-11-26T00:00Z (the end of that day)."""
+    """``day=2026-11-25`` → 2026-11-26T00:00Z (the end of that day). The last day a
+    datetime holds, 9999-12-31, ends at the largest datetime (the next day has none)."""
     parts = dict(p.split("=", 1) for p in partition.split("/"))
     day = datetime.fromisoformat(parts["day"]).replace(tzinfo=UTC)
-    return day + timedelta(days=1)
+    try:
+        return day + timedelta(days=1)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _sql_text(text: str) -> str:
