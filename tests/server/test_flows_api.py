@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,39 @@ def test_provision_replays_ingested_flows(h: Harness) -> None:
     assert replay["records"] == 2
     assert replay["newly_denied"] == {"records": 2, "flows": 1}
     assert "shop-cache-prod-1" in json.dumps(replay["by_owner"])
+
+
+def test_allowed_records_without_provenance_get_the_active_versions(h: Harness) -> None:
+    """Agents that follow the control plane cannot explain what they accepted (they hold
+    rulesets, not the repository): the server fills the provenance of such records from the
+    active version, as an agent holding the repository would; records that carry their own
+    keep it, and denies (logged by the kernel with their rule) are left alone."""
+    from septum.engine.explain import Evaluator, Flow
+    from septum.model.resources import Protocol
+    from septum.server.flows_api import active_inventory, read_records, with_provenance
+
+    web_to_api = _record("host-shop-web-prod-1", "198.18.10.11", "198.18.10.21", 8080)
+    own = _record(
+        "host-shop-web-prod-1", "198.18.10.11", "198.18.10.21", 8080, provenance=["x/y/egress/0"]
+    )
+    denied = _record("host-shop-web-prod-1", "198.18.10.11", "198.18.10.31", 5432, verdict="denied")
+    rows = read_records([web_to_api, own, denied], EXAMPLES_AT)
+    active = active_inventory(h.db)
+    filled = with_provenance(rows, active)
+    expected = Evaluator(active.repository).explain(
+        Flow(ip_address("198.18.10.11"), ip_address("198.18.10.21"), Protocol.TCP, 8080, rows[0][0])
+    )
+    assert filled[0][12] == ",".join(s.provenance for s in expected.sides)
+    assert filled[0][12]  # the shop's rules allowed it: named
+    assert filled[1][12] == "x/y/egress/0"
+    assert filled[2][12] is None
+    # Through the API: the stored record carries it.
+    from septum.flows.store import FlowStore
+
+    h.ok("agent", "POST", "/agent/v1/flows", json={"records": [web_to_api]})
+    con = FlowStore(h.data / "flows-store", create=False).connect()
+    try:
+        stored = con.execute("SELECT rule FROM flows").fetchall()
+    finally:
+        con.close()
+    assert stored == [(filled[0][12],)]

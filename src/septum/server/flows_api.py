@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from septum.engine.attribution import EndpointKind
+from septum.engine.explain import Evaluator, Flow
 from septum.errors import SeptumError
-from septum.model.resources import Repository
+from septum.model.resources import Protocol, Repository
 from septum.server.auth import Permission, Principal, Role
 from septum.server.db import Control, Database, Version
 from septum.server.documents import (
@@ -63,6 +64,7 @@ __all__ = [
     "probe_record",
     "query_flows",
     "read_records",
+    "with_provenance",
 ]
 
 #: Records one request may carry: an agent's interval is far smaller, and a bigger batch
@@ -128,6 +130,48 @@ def active_inventory(db: Database) -> ActiveInventory:
             _BUILT.pop(next(iter(_BUILT)))
         _BUILT[digest] = built
     return built
+
+
+#: Evaluators by version (for provenance), alongside ``_BUILT``.
+_EVALUATORS: dict[int, Evaluator] = {}
+
+
+def with_provenance(rows: Sequence[Row], active: ActiveInventory) -> list[Row]:
+    """Allowed records that came without provenance get it from the active version: the
+    deciding rule of each side, as an agent that holds its repository records it. Agents
+    that follow the control plane hold rulesets, not the repository that explains them,
+    and the kernel logs only denies. Records with provenance keep theirs. Cost: one
+    ``explain`` per distinct (source, destination, protocol, port, start)."""
+    if active.version is None:
+        return list(rows)
+    missing = [i for i, r in enumerate(rows) if r[11] == "allowed" and r[12] is None]
+    if not missing:
+        return list(rows)
+    with _BUILT_LOCK:
+        evaluator = _EVALUATORS.get(active.version)
+    if evaluator is None:
+        evaluator = Evaluator(active.repository)
+        with _BUILT_LOCK:
+            if len(_EVALUATORS) >= _BUILT_KEPT:
+                _EVALUATORS.pop(next(iter(_EVALUATORS)))
+            _EVALUATORS[active.version] = evaluator
+    out = list(rows)
+    memo: dict[tuple[object, ...], str | None] = {}
+    for i in missing:
+        r = rows[i]
+        key = (r[2], r[3], r[6], r[5], r[0])
+        if key not in memo:
+            try:
+                protocol = Protocol(r[6])
+            except ValueError:  # a protocol the policy model has no rules for
+                memo[key] = None
+                continue
+            port = r[5] if protocol.has_ports else 0
+            flow = Flow(ip_address(r[2]), ip_address(r[3]), protocol, port, r[0])
+            sides = evaluator.explain(flow).sides
+            memo[key] = ",".join(side.provenance for side in sides) or None
+        out[i] = (*r[:12], memo[key])
+    return out
 
 
 # ------------------------------------------------------------------ reading records
@@ -309,6 +353,7 @@ def ingest_flows(
     active = active_inventory(db)
     if not rows:
         return _ingested(0, 0, 0, [], active.version)
+    rows = with_provenance(rows, active)
 
     import pyarrow as pa
     import pyarrow.parquet as pq
