@@ -59,6 +59,7 @@ from septum.agent.agent import Agent, AgentSettings, SyncOutcome, SyncResult
 from septum.agent.backend import NftBackend, default_backend
 from septum.agent.capture import CaptureError, FlowRecord, FlowRecorder
 from septum.agent.conntrack import ConntrackEntry, ConntrackTable
+from septum.agent.runner import flow_recorder
 from septum.agent.source import SourceUnavailable
 from septum.errors import SeptumError
 from septum.model.resources import Repository
@@ -1003,27 +1004,6 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def _flow_recorder(
-    agent: Agent, settings: AgentSettings, sink: Path, interval: float
-) -> FlowRecorder:
-    # The agent gets rulesets, not the repository, so it has no evaluator: provenance of
-    # accepted flows stays empty until the control plane sends one.
-    return FlowRecorder(
-        enforcer=settings.enforcer,
-        sink=sink,
-        interval=interval,
-        deny_group=settings.nft.deny_group,
-        would_deny_group=settings.nft.would_deny_group,
-        log_group=settings.nft.log_group,
-        explain_accepted=lambda key: agent.provenance_of(
-            key.source, key.destination, key.protocol, key.port
-        ),
-        unlogged_would_deny=lambda key: agent.unlogged_would_deny(
-            key.source, key.destination, key.protocol, key.port
-        ),
-    )
-
-
 def run_remote_agent(
     settings: AgentSettings,
     client: ControlPlane,
@@ -1050,7 +1030,9 @@ def run_remote_agent(
     recorder: FlowRecorder | None = None
     uploader: FlowUploader | None = None
     if flows is not None:
-        recorder = _flow_recorder(agent, settings, flows, flow_interval)
+        # The agent holds rulesets, not the repository: accepted flows are recorded
+        # without provenance, which the server adds at ingest (``flows_api``).
+        recorder = flow_recorder(agent, flows, flow_interval)
         recorder.start()
         uploader = FlowUploader(
             client, flows, settings.state_dir / "flows.offset.json", report=report

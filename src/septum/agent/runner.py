@@ -16,18 +16,43 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from septum.agent.agent import Agent, AgentSettings, SyncOutcome
 from septum.agent.backend import default_backend
 from septum.agent.source import DesiredStateSource
 
-__all__ = ["FlowOptions", "run_agent"]
+if TYPE_CHECKING:
+    from septum.agent.capture import FlowRecorder
+
+__all__ = ["FlowOptions", "flow_recorder", "run_agent"]
 
 
 @dataclass(frozen=True, slots=True)
 class FlowOptions:
     sink: Path
     interval: float = 5.0
+
+
+def flow_recorder(agent: Agent, sink: Path, interval: float) -> FlowRecorder:
+    """The flow recorder of ``agent``'s enforcer, asking the agent what allowed a flow."""
+    from septum.agent.capture import FlowRecorder
+
+    s = agent.settings
+    return FlowRecorder(
+        enforcer=s.enforcer,
+        sink=sink,
+        interval=interval,
+        deny_group=s.nft.deny_group,
+        would_deny_group=s.nft.would_deny_group,
+        log_group=s.nft.log_group,
+        explain_accepted=lambda key: agent.provenance_of(
+            key.source, key.destination, key.protocol, key.port
+        ),
+        unlogged_would_deny=lambda key: agent.unlogged_would_deny(
+            key.source, key.destination, key.protocol, key.port
+        ),
+    )
 
 
 def run_agent(
@@ -57,22 +82,7 @@ def run_agent(
     agent.start()
     recorder = None
     if flows is not None:
-        from septum.agent.capture import FlowRecorder
-
-        recorder = FlowRecorder(
-            enforcer=settings.enforcer,
-            sink=flows.sink,
-            interval=flows.interval,
-            deny_group=settings.nft.deny_group,
-            would_deny_group=settings.nft.would_deny_group,
-            log_group=settings.nft.log_group,
-            explain_accepted=lambda key: agent.provenance_of(
-                key.source, key.destination, key.protocol, key.port
-            ),
-            unlogged_would_deny=lambda key: agent.unlogged_would_deny(
-                key.source, key.destination, key.protocol, key.port
-            ),
-        )
+        recorder = flow_recorder(agent, flows.sink, flows.interval)
         recorder.start()
     # Only now say "applied": whoever waits for it (the lab, a test) may send traffic at
     # once, and it must be recorded.

@@ -432,24 +432,13 @@ def replace_draft(
         raise DocumentError(problems)
     build_repository(docs)  # the whole draft must validate, references included
     with db.write() as (s, control):
-        control.draft_revision += 1
         old = draft_documents(s)
         changes = _change_list(old, docs)
         if not changes and {(d.key, d.path, d.position) for d in old} == {
             (d.key, d.path, d.position) for d in docs
         }:
             return {"changed": 0, "digest": documents_digest(docs)}
-        _set_draft(s, docs, now, p.name)
-        audit.append(
-            s,
-            control,
-            at=now,
-            actor=p.name,
-            action="draft.replace",
-            target="draft",
-            before={"digest": documents_digest(old)},
-            after={"digest": documents_digest(docs), "changes": changes},
-        )
+        _swap_draft(s, control, old, docs, changes, now, p.name, "draft.replace")
     return {"changed": len(changes), "digest": documents_digest(docs)}
 
 
@@ -469,23 +458,36 @@ def reset_draft(db: Database, p: Principal, now: datetime) -> dict[str, Any]:
     """Throw away the draft's changes: the draft becomes the active version again."""
     require(p, Permission.PROVISION)
     with db.write() as (s, control):
-        control.draft_revision += 1
         active = active_documents(s, control)
         old = draft_documents(s)
         changes = _change_list(old, active)
         if changes:
-            _set_draft(s, active, now, p.name)
-            audit.append(
-                s,
-                control,
-                at=now,
-                actor=p.name,
-                action="draft.reset",
-                target="draft",
-                before={"digest": documents_digest(old)},
-                after={"digest": documents_digest(active), "changes": changes},
-            )
+            _swap_draft(s, control, old, active, changes, now, p.name, "draft.reset")
     return {"changed": len(changes)}
+
+
+def _swap_draft(
+    s: Session,
+    control: Control,
+    old: Sequence[StoredDocument],
+    new: Sequence[StoredDocument],
+    changes: list[dict[str, Any]],
+    now: datetime,
+    actor: str,
+    action: str,
+) -> None:
+    """Make the draft ``new`` (it was ``old``), with its audit entry."""
+    _set_draft(s, new, now, actor)
+    audit.append(
+        s,
+        control,
+        at=now,
+        actor=actor,
+        action=action,
+        target="draft",
+        before={"digest": documents_digest(old)},
+        after={"digest": documents_digest(new), "changes": changes},
+    )
 
 
 def _draft_row(d: StoredDocument, now: datetime, actor: str) -> DraftDocument:
