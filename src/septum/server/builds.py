@@ -26,20 +26,28 @@ State per process: replicas each keep their own (or none); the database stays th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from septum.model.resources import Repository, Workload
 from septum.render.hostruleset import ElementDelta, compose_deltas
 from septum.render.incremental import IncrementalCompiler
 from septum.render.wire import encode_deltas
 from septum.runtime import gc_paused
-from septum.server.desired import DesiredState, EnforcerPlan, SkeletonMaker, layout
+from septum.server.desired import (
+    DesiredState,
+    EnforcerPlan,
+    SkeletonMaker,
+    compact_json,
+    digest_without_at,
+    layout,
+    skeleton_parts,
+)
 
 __all__ = ["ActiveBuild", "Builds", "next_change", "relabel", "time_boundaries"]
 
@@ -167,14 +175,6 @@ def relabelled(build: ActiveBuild, workloads: Sequence[Workload]) -> Repository 
     return replace(build.repo, workloads=tuple(new.get(w.name, w) for w in build.repo.workloads))
 
 
-def _digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def relabel(
     build: ActiveBuild, workloads: Sequence[Workload], now: datetime
 ) -> DesiredState | None:
@@ -200,40 +200,34 @@ def relabel(
     stamp = now.isoformat()
     for enforcer in sorted(steps):
         deltas = compose_deltas(steps[enforcer])
-        names = build.layouts.get(enforcer)
-        positions = {n: i for i, n in enumerate(names)} if names is not None else {}
-        old = build.skeletons.get(enforcer)
-        n_sets = len(json.loads(old)["sets"]) if old is not None else 0
-        simple = (
-            enforcer not in structural
-            and old is not None
-            and all(positions.get(d.name, n_sets) < n_sets for d in deltas)
-        )
         if not deltas and enforcer not in structural:
             continue
-        if simple:
-            assert old is not None
-            doc = json.loads(old)
+        stored = build.skeletons.get(enforcer)
+        old: dict[str, Any] | None = json.loads(stored) if stored is not None else None
+        positions = {n: i for i, n in enumerate(build.layouts.get(enforcer, ()))}
+        n_sets = len(old["sets"]) if old is not None else 0
+        if (
+            old is not None
+            and enforcer not in structural
+            and all(positions.get(d.name, n_sets) < n_sets for d in deltas)
+        ):
+            # Only shared sets changed: swap their digests into the stored skeleton.
             for d in deltas:
                 if d.name not in set_digest:
-                    part = compiler.named_set(d.name)
-                    set_digest[d.name] = maker.part_digest(part)
-                doc["sets"][positions[d.name]] = set_digest[d.name]
-            doc["at"] = stamp
-            digest = _digest(_dumps({k: v for k, v in doc.items() if k != "at"}))
-            skeleton = _dumps(doc)
-            plans.append(EnforcerPlan(enforcer, skeleton, digest, _dumps(encode_deltas(deltas))))
+                    set_digest[d.name] = maker.part_digest(compiler.named_set(d.name))
+                old["sets"][positions[d.name]] = set_digest[d.name]
+            old["at"] = stamp
+            skeleton = compact_json(old)
+            deltas_json = compact_json(encode_deltas(deltas))
+            plans.append(EnforcerPlan(enforcer, skeleton, digest_without_at(old), deltas_json))
             used.update(set_digest[d.name] for d in deltas)
         else:
             ruleset = replace(compiler.snapshot(enforcer), at=now)
             skeleton, digest = maker.skeleton(ruleset)
-            if old is not None and digest == _digest(
-                _dumps({k: v for k, v in json.loads(old).items() if k != "at"})
-            ):
+            if old is not None and digest == digest_without_at(old):
                 continue
             build.layouts[enforcer] = layout(ruleset)
             plans.append(EnforcerPlan(enforcer, skeleton, digest, None))
-            doc = json.loads(skeleton)
-            used.update((*doc["chains"], *doc["sets"], *doc["maps"]))
+            used.update(skeleton_parts(skeleton))
         build.skeletons[enforcer] = skeleton
     return DesiredState(plans, {d: maker.parts[d] for d in used})

@@ -279,7 +279,6 @@ class EnforcerStatus(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     counters: Mapped[dict[str, Any]]
-    serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
     reported_at: Mapped[datetime]
 
 

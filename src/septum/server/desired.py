@@ -56,9 +56,10 @@ __all__ = [
     "EnforcerPlan",
     "SkeletonMaker",
     "assemble",
+    "compact_json",
+    "digest_without_at",
     "layout",
     "plan_desired_state",
-    "ruleset_wire",
     "skeleton_parts",
 ]
 
@@ -93,7 +94,7 @@ class DesiredState:
     layouts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _dumps(value: object) -> bytes:
+def compact_json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -151,13 +152,13 @@ class SkeletonMaker:
         }
         doc = {
             **header,
-            "structure": _digest(_dumps(structure)),
+            "structure": _digest(compact_json(structure)),
             "chains": chains,
             "sets": [self.part_digest(x) for x in ruleset.sets],
             "maps": [self.part_digest(m) for m in ruleset.maps],
         }
-        body = _dumps(doc)
-        return _dumps({"at": at, **doc}), _digest(body)
+        body = compact_json(doc)
+        return compact_json({"at": at, **doc}), _digest(body)
 
 
 def assemble(skeleton: bytes, part: Callable[[str], bytes]) -> bytes:
@@ -175,13 +176,6 @@ def assemble(skeleton: bytes, part: Callable[[str], bytes]) -> bytes:
 def skeleton_parts(skeleton: bytes) -> list[str]:
     doc = json.loads(skeleton)
     return [*doc["chains"], *doc["sets"], *doc["maps"]]
-
-
-def ruleset_wire(ruleset: HostRuleset) -> tuple[bytes, str]:
-    """(wire JSON of ``ruleset``, digest of it without its compile time)."""
-    maker = SkeletonMaker()
-    skeleton, digest = maker.skeleton(ruleset)
-    return assemble(skeleton, maker.parts.__getitem__), digest
 
 
 class _ElementDiffs:
@@ -218,7 +212,7 @@ class _ElementDiffs:
                 tuple(sorted(after - before, key=element_sort_key)),
                 tuple(sorted(before - after, key=element_sort_key)),
             )
-            encoded = _dumps(encode_deltas([delta])[0])
+            encoded = compact_json(encode_deltas([delta])[0])
         self.memo[key] = encoded
         return encoded
 
@@ -250,7 +244,7 @@ def plan_desired_state(
     for enforcer, _ruleset, skeleton, digest in made:
         old_skeleton = previous.get(enforcer)
         old = json.loads(old_skeleton) if old_skeleton is not None else None
-        if old is not None and _without_at(old) == digest:
+        if old is not None and digest_without_at(old) == digest:
             continue
         new = json.loads(skeleton)
         pairs: list[tuple[str, str]] | None = None
@@ -282,5 +276,6 @@ def layout(ruleset: HostRuleset) -> tuple[str, ...]:
     return (*(x.name for x in ruleset.sets), *(m.name for m in ruleset.maps))
 
 
-def _without_at(skeleton: dict[str, object]) -> str:
-    return _digest(_dumps({k: v for k, v in skeleton.items() if k != "at"}))
+def digest_without_at(skeleton: dict[str, object]) -> str:
+    """The digest of a parsed skeleton, as ``SkeletonMaker.skeleton`` gives it."""
+    return _digest(compact_json({k: v for k, v in skeleton.items() if k != "at"}))

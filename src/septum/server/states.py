@@ -29,8 +29,8 @@ from datetime import datetime
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from septum.render.hostruleset import HostRuleset, compose_deltas
-from septum.render.wire import WIRE_VERSION, decode_deltas, decode_ruleset, encode_deltas
+from septum.render.hostruleset import compose_deltas
+from septum.render.wire import WIRE_VERSION, decode_deltas, encode_deltas
 from septum.runtime import gc_paused
 from septum.server.db import (
     STATE_CHANNEL,
@@ -49,10 +49,8 @@ __all__ = [
     "StateAnswers",
     "current_revisions",
     "load_parts",
-    "load_ruleset",
     "parts_loader",
     "publish",
-    "stored_digests",
     "stored_skeletons",
 ]
 
@@ -68,10 +66,6 @@ def _pack(body: bytes) -> bytes:
 
 def _unpack(blob: bytes) -> bytes:
     return zlib.decompress(blob)
-
-
-def stored_digests(s: Session) -> dict[str, str]:
-    return {e: d for e, d in s.execute(select(EnforcerState.enforcer, EnforcerState.digest))}
 
 
 def current_revisions(s: Session) -> dict[str, int]:
@@ -92,16 +86,6 @@ def load_parts(s: Session, digests: Iterable[str]) -> dict[str, bytes]:
     if missing:
         raise KeyError(f"{len(missing)} ruleset parts are missing, e.g. {missing[0]}")
     return found
-
-
-def load_ruleset(s: Session, enforcer: str) -> HostRuleset | None:
-    row = s.get(EnforcerState, enforcer)
-    if row is None:
-        return None
-    skeleton = _unpack(row.ruleset)
-    parts = load_parts(s, skeleton_parts(skeleton))
-    with gc_paused():
-        return decode_ruleset(json.loads(assemble(skeleton, parts.__getitem__)))
 
 
 def stored_skeletons(s: Session) -> dict[str, bytes]:

@@ -60,7 +60,6 @@ class StateBoard:
         #: when a rule expired or an address window opened or closed.
         self.on_tick = on_tick
         self.revisions: dict[str, int] = {}
-        self.refreshes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
@@ -115,7 +114,6 @@ class StateBoard:
             self._pending = False
             revisions = await run_in_threadpool(self._read, self.revisions)
             self.revisions = revisions
-            self.refreshes += 1
             changed, self._changed = self._changed, asyncio.Event()
             if changed is not None:
                 changed.set()

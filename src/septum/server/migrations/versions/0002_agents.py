@@ -88,7 +88,6 @@ def upgrade() -> None:
         sa.Column("outcome", sa.String(32), nullable=False),
         sa.Column("error", sa.Text, nullable=True),
         sa.Column("counters", sa.JSON, nullable=False),
-        sa.Column("serial", sa.String(40), nullable=True),
         sa.Column("reported_at", UTCDateTime(), nullable=False),
     )
 
