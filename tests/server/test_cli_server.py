@@ -30,6 +30,20 @@ def _free_port() -> int:
         return port
 
 
+def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 60) -> None:
+    """Until the server process at ``url`` answers /readyz (fails if it exits first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, "the server exited"
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, str, Path, subprocess.Popen[str]]]:
     port = _free_port()
@@ -55,16 +69,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str, Path, subprocess.Popen[st
         assert proc.stdout is not None
         token = json.loads(proc.stdout.readline())["token"]
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        wait_ready(url, proc)
         yield url, token, tmp_path, proc
     finally:
         proc.terminate()

@@ -5,20 +5,15 @@ audit trail; and one agent's whole life through a real uvicorn with mutual TLS o
 from __future__ import annotations
 
 import hashlib
-import socket
 import ssl
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import func, select
 
@@ -42,6 +37,7 @@ from septum.server.tls import (
 )
 from tests.conftest import EXAMPLES_AT
 from tests.server.harness import Harness, running_harness
+from tests.server.test_tls import _serve
 
 HOST = "127.0.0.1"
 NOW = EXAMPLES_AT  # the harness's clock
@@ -349,30 +345,6 @@ def test_agent_routes_take_agent_tokens_only(h: Harness) -> None:
 
 
 # ---- one agent's life over real mutual TLS ------------------------------------------------
-
-
-@contextmanager
-def _serve(app: Any, options: dict[str, Any]) -> Iterator[str]:
-    """uvicorn in a thread on a loopback socket bound here (no free-port race), as in
-    test_tls.py; stopped on exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((HOST, 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", **options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail("uvicorn did not start")
-            time.sleep(0.01)
-        yield f"https://{HOST}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-    assert not thread.is_alive(), "uvicorn did not stop"
 
 
 def test_an_agent_enrols_and_calls_over_mutual_tls(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from septum.render.hostruleset import HostRuleset, apply_delta
 from septum.render.wire import decode_deltas, decode_ruleset
 from septum.server.db import Database, EnforcerChange, Version
 from tests.conftest import EXAMPLES
-from tests.server.test_cli_server import _free_port
+from tests.server.test_cli_server import _free_port, wait_ready
 
 SEPTUM = [sys.executable, "-m", "septum.cli.main"]
 ENFORCER = "host-shop-web-prod-1"
@@ -53,16 +53,7 @@ def _replica(
             assert proc.stdout is not None
             token = json.loads(proc.stdout.readline())["token"]
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, f"replica {name} exited"
-            assert time.monotonic() < deadline, f"replica {name} did not become ready"
-            time.sleep(0.1)
+        wait_ready(url, proc)
         yield url, token
     finally:
         proc.terminate()
