@@ -238,7 +238,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         on_revocation=agent_auth.clear,
         on_tick=tick,
     )
-    app.state.board, app.state.answers, app.state.builds = board, answers, builds
+    app.state.board, app.state.answers = board, answers
     app.state.agent_auth = agent_auth
     app.router.add_event_handler("shutdown", board.close)
 
@@ -420,8 +420,6 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     # Imported here: routes_enrolment imports this module (Caller, AppContext).
     from septum.server import routes_agent, routes_enrolment
-
-    app.state.active_policy = routes_agent.ActivePolicy()
 
     app.include_router(routes_enrolment.router)
     app.include_router(routes_agent.router)

@@ -114,12 +114,6 @@ class Builds:
             self._active = None
             return build
 
-    def repository(self, version: int | None) -> Repository | None:
-        """The repository of ``version`` when this process holds it built (read only)."""
-        with self._lock:
-            build = self._active
-            return build.repo if build is not None and build.version == version else None
-
     def put(self, build: ActiveBuild) -> None:
         with self._lock:
             if build.version >= self._newest:

@@ -60,6 +60,7 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_RECORDS",
     "BatchTooLarge",
+    "evaluator_of",
     "ingest_flows",
     "probe_record",
     "query_flows",
@@ -136,6 +137,21 @@ def active_inventory(db: Database) -> ActiveInventory:
 _EVALUATORS: dict[int, Evaluator] = {}
 
 
+def evaluator_of(active: ActiveInventory) -> Evaluator:
+    """The evaluator of the active version, made once per version (agents' flow ingests
+    and their questions about connections to cut share it)."""
+    assert active.version is not None
+    with _BUILT_LOCK:
+        evaluator = _EVALUATORS.get(active.version)
+    if evaluator is None:
+        evaluator = Evaluator(active.repository)
+        with _BUILT_LOCK:
+            if len(_EVALUATORS) >= _BUILT_KEPT:
+                _EVALUATORS.pop(next(iter(_EVALUATORS)))
+            _EVALUATORS[active.version] = evaluator
+    return evaluator
+
+
 def with_provenance(rows: Sequence[Row], active: ActiveInventory) -> list[Row]:
     """Allowed records that came without provenance get it from the active version: the
     deciding rule of each side, as an agent that holds its repository records it. Agents
@@ -147,14 +163,7 @@ def with_provenance(rows: Sequence[Row], active: ActiveInventory) -> list[Row]:
     missing = [i for i, r in enumerate(rows) if r[11] == "allowed" and r[12] is None]
     if not missing:
         return list(rows)
-    with _BUILT_LOCK:
-        evaluator = _EVALUATORS.get(active.version)
-    if evaluator is None:
-        evaluator = Evaluator(active.repository)
-        with _BUILT_LOCK:
-            if len(_EVALUATORS) >= _BUILT_KEPT:
-                _EVALUATORS.pop(next(iter(_EVALUATORS)))
-            _EVALUATORS[active.version] = evaluator
+    evaluator = evaluator_of(active)
     out = list(rows)
     memo: dict[tuple[object, ...], str | None] = {}
     for i in missing:

@@ -10,7 +10,6 @@ not a thread.
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -20,14 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from septum.engine.explain import Evaluator, Flow, Verdict
-from septum.model.resources import Protocol, Repository
-from septum.server import service
+from septum.engine.explain import Flow, Verdict
+from septum.model.resources import Protocol
 from septum.server.app import AppContext, Caller
 from septum.server.auth import Permission, Principal
-from septum.server.builds import Builds
-from septum.server.db import AgentCertificate, Control, Database, EnforcerState, EnforcerStatus
-from septum.server.documents import build_repository
+from septum.server.db import AgentCertificate, Database, EnforcerState, EnforcerStatus
+from septum.server.flows_api import active_inventory, evaluator_of
 from septum.server.routes_enrolment import AgentCaller
 from septum.server.routes_flows import FlowBatch, post_agent_flows
 from septum.server.service import Forbidden
@@ -145,32 +142,6 @@ class VerdictRequest(BaseModel):
     flows: list[FlowQuestion] = Field(max_length=MAX_VERDICTS)
 
 
-class ActivePolicy:
-    """The active version's repository and evaluator, made once per version in this
-    process (shared by every agent asking about its connections)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cached: tuple[int, Repository, Evaluator] | None = None
-
-    def get(self, db: Database, builds: Builds) -> tuple[int, Repository, Evaluator] | None:
-        with db.read() as s:
-            control = s.get(Control, 1)
-            version = control.active_version if control is not None else None
-            if version is None:
-                return None
-            with self._lock:
-                if self._cached is not None and self._cached[0] == version:
-                    return self._cached
-            repo = builds.repository(version)
-            if repo is None:
-                repo = build_repository(service.active_documents(s, control))
-        made = (version, repo, Evaluator(repo))
-        with self._lock:
-            self._cached = made
-        return made
-
-
 @router.post("/agent/v1/verdicts", tags=["agent"])
 def agent_verdicts(body: VerdictRequest, request: Request, p: AgentCaller) -> dict[str, Any]:
     """Which of the caller's connections the active version denies, so that the agent can
@@ -181,10 +152,10 @@ def agent_verdicts(body: VerdictRequest, request: Request, p: AgentCaller) -> di
     ctx = _ctx(request)
     enforcer = _enforcer(p)
     now = ctx.clock()
-    active = request.app.state.active_policy.get(ctx.db, request.app.state.builds)
-    if active is None:
+    active = active_inventory(ctx.db)
+    if active.version is None:
         return {"version": None, "denied": [], "skipped": list(range(len(body.flows)))}
-    version, repo, evaluator = active
+    version, repo, evaluator = active.version, active.repository, evaluator_of(active)
     mine = {
         b.address
         for w in repo.workloads
